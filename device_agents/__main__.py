@@ -1,0 +1,5 @@
+import sys
+
+from device_agents.agent import main
+
+sys.exit(main())
