@@ -92,6 +92,7 @@ def run(bundle_dir: str, manifest: dict, opts: dict) -> dict:
         "load_ms": load_ms,
         "first_inference_ms": first_ms,
         "latency": _stats(samples),
+        "samples_ms": [round(v, 5) for v in samples[:5000]],
         "timer_overhead_ms_per_run": overhead_ms,
         "peak_rss_mb": _peak_rss_mb(),
         "rss_before_load_mb": rss_before,

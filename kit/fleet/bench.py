@@ -1,0 +1,73 @@
+"""`bench(device, bundle)`: run the agent's bench verb on a device and return a Measurement."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from kit.errors import EdgeKitError
+from kit.package.bundle import Bundle
+
+
+@dataclass
+class BenchOptions:
+    runs: int = 50
+    warmup: int = 5
+    threads: int = 1
+    min_time_s: float = 0.0
+    deadline_s: float = 600.0
+    power: bool = False
+    max_memory_mb: int | None = None
+    input_shape: list[int] | None = None
+
+    def to_agent_opts(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class Measurement:
+    device: str
+    bundle_id: str
+    model_name: str
+    runtime: str
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    cv: float
+    runs: int
+    load_ms: float
+    first_inference_ms: float
+    peak_rss_mb: float
+    reference_passed: bool
+    threads: int
+    samples_summary: dict = field(default_factory=dict)
+    power: dict = field(default_factory=dict)
+    thermal: dict = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def bench(device, bundle: Bundle, options: BenchOptions | None = None) -> Measurement:
+    """Measure `bundle` on `device` (LocalDevice or an SSH device) with the device agent."""
+    options = options or BenchOptions()
+    remote = device.stage_bundle(bundle.path)
+    doc = device.run_agent(["bench", "--bundle", remote, "--opts", json.dumps(options.to_agent_opts())],
+                           timeout=options.deadline_s + 120)
+    if doc.get("schema_version") != 1:
+        raise EdgeKitError(f"device {device.name}: agent answered schema_version {doc.get('schema_version')!r}; update the agent")
+    if not doc.get("ok"):
+        err = doc.get("error", {})
+        raise EdgeKitError(f"device {device.name}: bench of {bundle.path.name} failed [{err.get('code')}]: {err.get('message')}")
+    r = doc["result"]
+    lat = r["latency"]
+    return Measurement(
+        device=device.name, bundle_id=r["bundle_id"], model_name=r.get("model_name") or "", runtime=r["runtime"],
+        p50_ms=lat["p50_ms"], p90_ms=lat["p90_ms"], p99_ms=lat["p99_ms"], mean_ms=lat["mean_ms"], std_ms=lat["std_ms"],
+        cv=lat["cv"], runs=lat["runs"], load_ms=r["load_ms"], first_inference_ms=r["first_inference_ms"],
+        peak_rss_mb=r["peak_rss_mb"], reference_passed=r["reference_check"]["passed"], threads=r["threads"],
+        samples_summary=lat, power=r.get("power", {}), thermal=r.get("thermal", {}), raw=r,
+    )
