@@ -1,6 +1,6 @@
 """Device agent entry point: `python3 -m device_agents <verb> [options]`, one JSON document out.
 
-Verbs: info | verify | bench. The agent accepts bundles (folders on the device) and option
+Verbs: info | verify | bench | activate | rollback | status (fleet verbs: install.py). The agent accepts bundles (folders on the device) and option
 values, never shell strings. A model file is hostile input until its hash is verified, and even
 then it is parsed and run only in a child process under resource limits and a deadline.
 """
@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-from device_agents import AGENT_VERSION, SCHEMA_VERSION, runtimes, sensors
+from device_agents import AGENT_VERSION, SCHEMA_VERSION, install, runtimes, sensors
 from device_agents.bundle import load_manifest, verify_files
 from device_agents.errors import AgentError
 
@@ -146,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("info")
     v = sub.add_parser("verify")
     v.add_argument("--bundle", required=True)
+    install.add_parsers(sub)  # fleet verbs: activate | rollback | status
     for name in ("bench", "_worker"):
         b = sub.add_parser(name)
         b.add_argument("--bundle", required=True)
@@ -178,6 +179,9 @@ def main(argv=None) -> int:
             m = load_manifest(args.bundle)
             verify_files(args.bundle, m)
             _emit(_envelope(verb, {"bundle_id": m.get("bundle_id"), "verified": True}))
+            return 0
+        if verb in install.VERBS:
+            _emit(_envelope(verb, install.run_verb(args)))
             return 0
         opts = json.loads(args.opts)
         for key in ("runs", "warmup", "threads", "min_time_s", "deadline_s", "max_memory_mb", "input_shape"):

@@ -10,8 +10,12 @@ import importlib
 import pkgutil
 import sys
 
-import click
 import typer
+
+try:  # typer >= 0.2x vendors its own click; older releases use the click package
+    from typer._click import exceptions as click_exc
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_exc
 
 from kit.errors import EdgeKitError
 
@@ -45,17 +49,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"edgekit: error: {e}", file=sys.stderr)
         return e.exit_code
-    except click.exceptions.NoArgsIsHelpError as e:
+    except click_exc.NoArgsIsHelpError as e:
         print(e.ctx.get_help() if e.ctx else "", file=sys.stderr)
         return 2
-    except click.UsageError as e:
+    except click_exc.UsageError as e:
         # click would print a multi-line usage panel; the contract is one line naming the fix.
         hint = f" (see 'edgekit {e.ctx.info_name if e.ctx and e.ctx.parent else ''} --help')".replace("edgekit  ", "edgekit ")
         print(f"edgekit: error: {' '.join(e.format_message().split())}{hint}", file=sys.stderr)
         return 2
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         return e.exit_code
-    except click.Abort:
+    except typer.Abort:
         print("edgekit: aborted", file=sys.stderr)
         return 130
     except KeyboardInterrupt:

@@ -1,9 +1,11 @@
-"""Training and knowledge distillation (Hinton et al.: soft targets at temperature T + hard labels)."""
+"""Training and knowledge distillation (Hinton et al.: soft targets at temperature T + hard labels),
+with optional feature (hint) distillation through a small adapter (Romero et al., FitNets)."""
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,37 +24,80 @@ class TrainConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     seed: int = 0
+    max_samples: int | None = None  # train on the first N samples only (few-label settings)
+
+    def __post_init__(self):
+        if self.epochs < 0 or self.batch_size < 2 or self.lr <= 0:
+            raise EdgeKitError(f"training epochs={self.epochs} batch_size={self.batch_size} lr={self.lr}: "
+                               "need epochs >= 0, batch_size >= 2, lr > 0")
+
+
+def as_train_config(value) -> TrainConfig:
+    if value is None:
+        return TrainConfig()
+    if isinstance(value, TrainConfig):
+        return value
+    if isinstance(value, dict):
+        try:
+            return TrainConfig(**value)
+        except TypeError as e:
+            raise EdgeKitError(f"train: {e}; fields are epochs, batch_size, lr, weight_decay, seed, max_samples") from e
+    raise EdgeKitError(f"train={value!r}: give a mapping of epochs, batch_size, lr, ...")
 
 
 @dataclass
 class Distill:
-    """Knowledge distillation config: loss = alpha * T^2 * KL(soft) + (1 - alpha) * CE(hard)."""
+    """Knowledge distillation config: loss = alpha * T^2 * KL(soft) + (1 - alpha) * CE(hard)
+    [+ hint_weight * MSE(adapter(student feature), teacher feature)].
+
+    `student` builds a new student (kit.models spec, or a MobileNet arch name with width_mult /
+    depth_mult / stem_stride); without it the current model is the student. `baseline` also trains
+    the same student without the teacher, so the report shows what distillation bought.
+    """
 
     temperature: float = 4.0
     alpha: float = 0.7
     train: TrainConfig = None  # type: ignore[assignment]
+    student: str | None = None  # e.g. "mobilenet_v2", "mobilenet_v3_small", "torchvision:resnet18", "pkg.mod:fn"
+    width_mult: float = 0.5
+    depth_mult: float = 1.0
+    stem_stride: int | None = None
+    hint_teacher_layer: str | None = None  # module name whose output the student should match
+    hint_student_layer: str | None = None
+    hint_weight: float = 1.0
+    baseline: bool = True
 
     def __post_init__(self):
-        if self.train is None:
-            self.train = TrainConfig()
+        self.train = as_train_config(self.train)
         if not 0.0 <= self.alpha <= 1.0:
             raise EdgeKitError(f"distill alpha={self.alpha}: choose a value between 0 and 1")
         if self.temperature <= 0:
             raise EdgeKitError(f"distill temperature={self.temperature}: must be > 0")
+        if (self.hint_teacher_layer is None) != (self.hint_student_layer is None):
+            raise EdgeKitError("distill hint: give both hint_teacher_layer and hint_student_layer, or neither")
 
 
-def _loop(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn, label: str, progress: ProgressFn) -> nn.Module:
+def train_loop(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn, label: str, progress: ProgressFn,
+               extra_params=(), set_train: Callable | None = None, set_eval: Callable | None = None,
+               on_step: Callable[[int, int], None] | None = None) -> nn.Module:
+    """AdamW + one-cycle over `data`; hooks let QAT graphs and gradual pruning reuse the same loop."""
     if data.y is None:
         raise EdgeKitError("training needs labelled data; the data set given has no labels (y)")
+    n = len(data) if cfg.max_samples is None else min(len(data), cfg.max_samples)
+    if n < 2:
+        raise EdgeKitError(f"training set has {n} sample(s); give at least 2 labelled samples")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = (len(data) + cfg.batch_size - 1) // cfg.batch_size
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch))
-    model.train()
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = sum(1 for i in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - i) >= 2)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total)
+    (set_train or (lambda m: m.train()))(model)
+    step = 0
     for epoch in range(cfg.epochs):
-        order = rng.permutation(len(data))
-        for i in range(0, len(data), cfg.batch_size):
+        order = rng.permutation(n)
+        for i in range(0, n, cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on a batch of one
                 continue
@@ -63,28 +108,89 @@ def _loop(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn, label: str
             loss.backward()
             opt.step()
             sched.step()
+            step += 1
+            if on_step is not None:
+                on_step(step, total)
         report(progress, label, epoch + 1, cfg.epochs)
-    return model.eval()
+    (set_eval or (lambda m: m.eval()))(model)
+    return model
+
+
+# Kept for callers of the original private name.
+_loop = train_loop
 
 
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig | None = None, progress: ProgressFn = None) -> nn.Module:
     """Plain supervised training with cross-entropy; returns the trained model (in eval mode)."""
     cfg = cfg or TrainConfig()
-    return _loop(model, data, cfg, lambda m, x, y: F.cross_entropy(m(x), y), "train", progress)
+    return train_loop(model, data, cfg, lambda m, x, y: F.cross_entropy(m(x), y), "train", progress)
+
+
+class _Capture:
+    """Forward hook that keeps a module's latest output (the hint feature)."""
+
+    def __init__(self, model: nn.Module, layer: str, role: str):
+        try:
+            module = model.get_submodule(layer)
+        except AttributeError as e:
+            names = ", ".join(n for n, _ in list(model.named_modules())[1:6])
+            raise EdgeKitError(f"distill hint_{role}_layer={layer!r}: no such module in {type(model).__name__} (e.g. {names})") from e
+        self.value = None
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.value = output
+
+    def close(self):
+        self.handle.remove()
+
+
+def _adapter(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> nn.Module:
+    # A 1x1 conv (or linear) maps student channels to teacher channels; pooling fixes spatial size.
+    if student_feat.dim() == 4 and teacher_feat.dim() == 4:
+        size = teacher_feat.shape[-2:]
+        return nn.Sequential(nn.Conv2d(student_feat.shape[1], teacher_feat.shape[1], 1, bias=False),
+                             nn.AdaptiveAvgPool2d(tuple(size)))
+    if student_feat.dim() == 2 and teacher_feat.dim() == 2:
+        return nn.Linear(student_feat.shape[1], teacher_feat.shape[1], bias=False)
+    raise EdgeKitError(f"distill hint layers give features of shapes {tuple(student_feat.shape)} and "
+                       f"{tuple(teacher_feat.shape)}; pick two conv outputs or two flat (N x C) outputs")
 
 
 def distill(teacher: nn.Module, student: nn.Module, data: Dataset, config: Distill | None = None,
             progress: ProgressFn = None) -> nn.Module:
-    """Train `student` to match `teacher`'s softened outputs plus the hard labels."""
+    """Train `student` to match `teacher`'s softened outputs plus the hard labels (and hints)."""
     config = config or Distill()
     teacher = copy.deepcopy(teacher).eval()
     T, a = config.temperature, config.alpha
+    hooks: list[_Capture] = []
+    adapter = None
+    if config.hint_teacher_layer:
+        t_cap = _Capture(teacher, config.hint_teacher_layer, "teacher")
+        s_cap = _Capture(student, config.hint_student_layer, "student")
+        hooks = [t_cap, s_cap]
+        probe = torch.from_numpy(data.x[:2])
+        with torch.no_grad():
+            teacher(probe)
+            was_training = student.training
+            student.eval()(probe)
+            student.train(was_training)
+        adapter = _adapter(s_cap.value, t_cap.value)
 
     def loss_fn(m, x, y):
         with torch.no_grad():
             t_logits = teacher(x)
         s_logits = m(x)
         soft = F.kl_div(F.log_softmax(s_logits / T, 1), F.softmax(t_logits / T, 1), reduction="batchmean") * T * T
-        return a * soft + (1 - a) * F.cross_entropy(s_logits, y)
+        loss = a * soft + (1 - a) * F.cross_entropy(s_logits, y)
+        if adapter is not None:
+            loss = loss + config.hint_weight * F.mse_loss(adapter(hooks[1].value), hooks[0].value.detach())
+        return loss
 
-    return _loop(student, data, config.train, loss_fn, "distill", progress)
+    try:
+        return train_loop(student, data, config.train, loss_fn, "distill", progress,
+                          extra_params=list(adapter.parameters()) if adapter is not None else ())
+    finally:
+        for h in hooks:
+            h.close()
+

@@ -3,11 +3,16 @@
 `quantize(model, Int8Static(per_channel=True), calib)` returns a `QuantizedModel`: the converted
 graph module (still a torch module, runnable on the host for accuracy checks) plus the example
 input it was traced with, ready for `package(..., target="executorch")`.
+
+Mixed precision: `skip_layers` names modules (e.g. "features.0") that stay in float; the XNNPACK
+quantizer's filter function leaves their ops unannotated, so XNNPACK runs them as fp32.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+import dataclasses
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -15,6 +20,8 @@ from torch import nn
 
 from kit.data import Dataset
 from kit.errors import EdgeKitError
+
+OBSERVERS = ("histogram", "minmax", "moving_average")
 
 
 @dataclass
@@ -24,6 +31,13 @@ class Int8Static:
     per_channel: bool = True
     calib_batches: int = 8
     batch_size: int = 32
+    observer: str = "histogram"  # activation observer: histogram | minmax | moving_average
+    skip_layers: list[str] = field(default_factory=list)  # module names kept in float
+
+    def __post_init__(self):
+        _check_observer(self.observer)
+        if self.calib_batches < 1 or self.batch_size < 1:
+            raise EdgeKitError(f"quantize calib_batches={self.calib_batches} batch_size={self.batch_size}: both must be >= 1")
 
 
 @dataclass
@@ -31,6 +45,7 @@ class Int8Dynamic:
     """Dynamic int8: int8 weights, activation scales computed per call (Linear layers only)."""
 
     per_channel: bool = True
+    skip_layers: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -38,6 +53,8 @@ class QuantizedModel:
     module: nn.Module  # the converted PT2E graph module (q/dq ops around float ops)
     example_input: tuple[torch.Tensor, ...]
     config: object
+    float_graph: nn.Module | None = None  # the exported float graph before prepare (for per-layer SQNR)
+    quantized_ops: int = 0  # number of quantize ops inserted
 
     def __call__(self, x):
         return self.module(x)
@@ -46,7 +63,52 @@ class QuantizedModel:
         return self
 
 
-def _export_for_quant(model: nn.Module, example: tuple[torch.Tensor, ...]):
+def _check_observer(name: str) -> None:
+    if name not in OBSERVERS:
+        raise EdgeKitError(f"observer={name!r}: choose one of {', '.join(OBSERVERS)}")
+
+
+def xnnpack_config(per_channel: bool, *, dynamic: bool = False, qat: bool = False, observer: str = "histogram"):
+    """The XNNPACK symmetric config, with the activation observer swapped for the one asked for."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
+    from torchao.quantization.pt2e import HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver
+
+    _check_observer(observer)
+    cfg = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=dynamic, is_qat=qat)
+    if dynamic or qat or observer == "histogram":  # histogram is XNNPACK's default for static PTQ
+        return cfg
+    obs = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObserver}[observer]
+    act = dataclasses.replace(cfg.input_activation, observer_or_fake_quant_ctr=obs.with_args(eps=2**-12))
+    return dataclasses.replace(cfg, input_activation=act, output_activation=act)
+
+
+def xnnpack_quantizer(config, skip_layers=(), only_layers=None):
+    """An XNNPACKQuantizer with `config` everywhere except `skip_layers` (or only on `only_layers`)."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
+
+    quantizer = XNNPACKQuantizer().set_global(config)
+    skip = [get_module_name_filter(name) for name in skip_layers]
+    only = None if only_layers is None else [get_module_name_filter(name) for name in only_layers]
+    if skip or only is not None:
+        def keep(node) -> bool:
+            if any(f(node) for f in skip):
+                return False
+            return only is None or any(f(node) for f in only)
+
+        quantizer.set_filter_function(keep)
+    return quantizer
+
+
+def check_layer_names(model: nn.Module, names, field_name: str) -> None:
+    known = dict(model.named_modules())
+    missing = [n for n in names if n not in known]
+    if missing:
+        sample = ", ".join(n for n in list(known)[1:6])
+        raise EdgeKitError(f"{field_name}: no module named {missing[0]!r} in {type(model).__name__} (names look like: {sample})")
+
+
+def export_for_quant(model: nn.Module, example: tuple[torch.Tensor, ...]):
     try:
         return torch.export.export(model.eval(), example, strict=False).module()
     except Exception as e:
@@ -56,39 +118,70 @@ def _export_for_quant(model: nn.Module, example: tuple[torch.Tensor, ...]):
         ) from e
 
 
-def quantize(model: nn.Module, config: Int8Static | Int8Dynamic, calib: Dataset | None,
-             input_shape: tuple[int, ...] | None = None) -> QuantizedModel:
-    """Quantize `model` for XNNPACK with PT2E and calibrate it on `calib`."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+def count_quantize_ops(graph: nn.Module) -> int:
+    return sum(1 for n in graph.graph.nodes if n.op == "call_function" and "quantize_per" in str(n.target)
+               and "dequantize" not in str(n.target))
 
+
+def example_from(calib: Dataset | None, input_shape: tuple[int, ...] | None) -> tuple[torch.Tensor, ...]:
     if input_shape is None:
         if calib is None or len(calib) == 0:
             raise EdgeKitError("calibration set is empty; give --data with at least one sample (or an input shape for dynamic int8)")
         input_shape = (1, *calib.x.shape[1:])
-    example = (torch.zeros(input_shape, dtype=torch.float32),)
-    dynamic = isinstance(config, Int8Dynamic)
-    quantizer = XNNPACKQuantizer().set_global(
-        get_symmetric_quantization_config(is_per_channel=config.per_channel, is_dynamic=dynamic)
-    )
-    graph = _export_for_quant(model, example)
+    return (torch.zeros(input_shape, dtype=torch.float32),)
+
+
+def calibrate(prepared: nn.Module, calib: Dataset | None, max_samples: int) -> int:
+    if calib is None or len(calib) == 0:
+        raise EdgeKitError("calibration set is empty; static int8 needs calibration samples (--data)")
+    n = 0
+    with torch.no_grad():
+        for xb, _ in calib.batches(1):
+            # The exported graph has a fixed batch of one, so calibrate sample by sample.
+            prepared(torch.from_numpy(np.ascontiguousarray(xb)))
+            n += 1
+            if n >= max_samples:
+                break
+    return n
+
+
+def prepare(graph: nn.Module, quantizer, model_name: str, qat: bool = False):
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
     try:
-        prepared = prepare_pt2e(graph, quantizer)
+        prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(graph, quantizer)
     except Exception as e:
-        raise EdgeKitError(f"the XNNPACK quantizer cannot handle {type(model).__name__}: {str(e).splitlines()[0][:200]}") from e
-    if not dynamic:
-        if calib is None or len(calib) == 0:
-            raise EdgeKitError("calibration set is empty; static int8 needs calibration samples (--data)")
-        with torch.no_grad():
-            n = 0
-            for xb, _ in calib.batches(1):
-                # The exported graph has a fixed batch of one, so calibrate sample by sample.
-                prepared(torch.from_numpy(np.ascontiguousarray(xb)))
-                n += 1
-                if n >= config.calib_batches * config.batch_size:
-                    break
+        raise EdgeKitError(f"the XNNPACK quantizer cannot handle {model_name}: {str(e).splitlines()[0][:200]}; "
+                           "keep that layer in float with skip_layers") from e
+    return prepared
+
+
+def convert(prepared: nn.Module, model_name: str, what: str) -> nn.Module:
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
     converted = convert_pt2e(prepared)
-    return QuantizedModel(module=converted, example_input=example, config=config)
+    allow_exported_model_train_eval(converted)  # so evaluators may call .eval() on it
+    if count_quantize_ops(converted) == 0:
+        raise EdgeKitError(f"{what}: the XNNPACK quantizer found no layer of {model_name} it can quantize "
+                           "(it handles Conv/Linear/Add/Mul/pooling...); check skip_layers or use another method")
+    return converted
+
+
+def quantize(model: nn.Module, config: Int8Static | Int8Dynamic, calib: Dataset | None,
+             input_shape: tuple[int, ...] | None = None) -> QuantizedModel:
+    """Quantize `model` for XNNPACK with PT2E and calibrate it on `calib`."""
+    name = type(model).__name__
+    example = example_from(calib, input_shape)
+    dynamic = isinstance(config, Int8Dynamic)
+    check_layer_names(model, config.skip_layers, "quantize skip_layers")
+    qconfig = xnnpack_config(config.per_channel, dynamic=dynamic,
+                             observer="histogram" if dynamic else config.observer)
+    graph = export_for_quant(model, example)
+    float_graph = copy.deepcopy(graph)
+    prepared = prepare(graph, xnnpack_quantizer(qconfig, config.skip_layers), name)
+    if not dynamic:
+        calibrate(prepared, calib, config.calib_batches * config.batch_size)
+    converted = convert(prepared, name, "dynamic int8" if dynamic else "static int8")
+    return QuantizedModel(module=converted, example_input=example, config=config, float_graph=float_graph,
+                          quantized_ops=count_quantize_ops(converted))

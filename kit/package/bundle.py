@@ -1,12 +1,21 @@
-"""The bundle: what travels to a device. A folder with the model, a reference input/output pair
-for the on-device correctness check, and manifest.json pinning every file's sha256.
+"""The bundle: what travels to a device. A folder (or one plain .tar of it) holding the model, a
+reference input/output pair for the on-device correctness check, manifest.json pinning every
+file's sha256, and manifest.sig, an ed25519 signature over manifest.json's exact bytes.
 
 Layout::
 
-    <bundle>/manifest.json
+    <bundle>/manifest.json          canonical JSON (kit.package.signing.canonical_json)
+    <bundle>/manifest.sig           {"algorithm": "ed25519", "key_id": ..., "signature": ...}
     <bundle>/model.pte | model.onnx | model.ort
+    <bundle>/required_operators.config   (.ort only: for a reduced ORT build)
     <bundle>/reference_input.npy
     <bundle>/reference_output.npy
+
+Manifest (schema_version 1): bundle_id (sha256 of the manifest without it, 16 hex), name,
+sequence (monotonic per name: replay protection), created, expires (optional, UTC), runtime
+{name, format, version, min_version}, model {file, sha256, size}, files {name: {sha256, size}},
+inputs/outputs [{name, shape, dtype}], preprocessing, reference {input, output, atol, rtol},
+recipe, compression, delegation (.pte), ort (.onnx/.ort), kit_version, signer (key id).
 """
 
 from __future__ import annotations
@@ -14,12 +23,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import tarfile
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
+
+from kit.errors import EdgeKitError
 
 SCHEMA_VERSION = 1
 RUNTIMES = {".pte": "executorch", ".onnx": "onnxruntime", ".ort": "onnxruntime"}
@@ -37,9 +52,16 @@ def sha256_file(path: str | Path) -> str:
 class Bundle:
     path: Path
     manifest: dict
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def is_tar(self) -> bool:
+        return self.path.is_file()
 
     @property
     def model_file(self) -> Path:
+        if self.is_tar:
+            raise EdgeKitError(f"{self.path}: a .tar bundle; extract it (edgekit verify) to reach the model file")
         return self.path / self.manifest["model"]["file"]
 
     @property
@@ -52,73 +74,136 @@ class Bundle:
 
     @classmethod
     def load(cls, path: str | Path) -> "Bundle":
-        from kit.errors import EdgeKitError
-
+        """Read a bundle's manifest (folder or .tar) without verifying it: see kit.package.verify."""
         path = Path(path)
-        mf = path / "manifest.json"
-        if not mf.is_file():
-            raise EdgeKitError(f"{path}: not a bundle (no manifest.json); create one with 'edgekit package'")
         try:
-            return cls(path, json.loads(mf.read_text()))
-        except json.JSONDecodeError as e:
-            raise EdgeKitError(f"{mf}: not valid JSON ({e.msg} at line {e.lineno})") from e
+            if path.is_file():
+                with tarfile.open(path, "r:") as tf:
+                    member = tf.getmember("manifest.json")
+                    if not member.isreg() or member.size > (4 << 20):
+                        raise EdgeKitError(f"{path}: manifest.json in the tar is not a small regular file")
+                    text = tf.extractfile(member).read()
+            else:
+                mf = path / "manifest.json"
+                if not mf.is_file():
+                    raise EdgeKitError(f"{path}: not a bundle (no manifest.json); create one with 'edgekit package'")
+                text = mf.read_bytes()
+            return cls(path, json.loads(text))
+        except (tarfile.TarError, KeyError) as e:
+            raise EdgeKitError(f"{path}: not a bundle .tar with a manifest.json ({e})") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise EdgeKitError(f"{path}/manifest.json: not valid JSON ({e})") from e
 
 
-def _write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
-
-
-def write_bundle(out_dir: str | Path, model_file: str | Path, name: str, reference_input: np.ndarray,
-                 reference_output: np.ndarray, *, extra: dict | None = None, tolerance: dict | None = None,
-                 sequence: int | None = None) -> Bundle:
-    """Assemble a bundle folder atomically: built beside `out_dir`, then renamed into place."""
-    out_dir = Path(out_dir)
-    model_file = Path(model_file)
-    runtime = RUNTIMES[model_file.suffix]
-    staging = out_dir.with_name(out_dir.name + ".staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    model_name = "model" + model_file.suffix
-    shutil.copyfile(model_file, staging / model_name)
-    np.save(staging / "reference_input.npy", reference_input)
-    np.save(staging / "reference_output.npy", reference_output)
-    files = {f: {"sha256": sha256_file(staging / f), "size": (staging / f).stat().st_size}
-             for f in (model_name, "reference_input.npy", "reference_output.npy")}
-    model_sha = files[model_name]["sha256"]
-    scale = float(np.abs(reference_output).max()) or 1.0
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "bundle_id": model_sha[:16],
-        "name": name,
-        "sequence": sequence if sequence is not None else int(time.time()),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "runtime": {"name": runtime, "format": model_file.suffix.lstrip(".")},
-        "model": {"file": model_name, "sha256": model_sha, "size": files[model_name]["size"]},
-        "files": files,
-        "inputs": [{"name": "input", "shape": list(reference_input.shape), "dtype": str(reference_input.dtype)}],
-        "outputs": [{"name": "output", "shape": list(reference_output.shape), "dtype": str(reference_output.dtype)}],
-        "reference": {
-            "input": "reference_input.npy",
-            "output": "reference_output.npy",
-            # Same artifact, other CPU: float reassociation and int8 rounding differ a little.
-            "atol": (tolerance or {}).get("atol", 0.02 * scale),
-            "rtol": (tolerance or {}).get("rtol", 0.01),
-        },
-        "kit_version": _kit_version(),
-        **(extra or {}),
-    }
-    _write_json_atomic(staging / "manifest.json", manifest)
-    if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(staging, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
+def parse_expires(value, now: datetime | None = None) -> str | None:
+    """'30d' / '12h' / '90m' / '3600s', an ISO date or datetime, a timedelta or datetime -> UTC 'YYYY-MM-DDTHH:MM:SSZ'."""
+    if value is None or value == "":
+        return None
+    now = now or datetime.now(timezone.utc)
+    if isinstance(value, timedelta):
+        when = now + value
+    elif isinstance(value, datetime):
+        when = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     else:
-        os.replace(staging, out_dir)
-    return Bundle(out_dir, manifest)
+        text = str(value).strip()
+        m = re.fullmatch(r"(\d+)\s*([smhdw])", text)
+        if m:
+            unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[m.group(2)]
+            when = now + timedelta(**{unit: int(m.group(1))})
+        else:
+            try:
+                when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError as e:
+                raise EdgeKitError(f"expires {text!r}: use a duration like 30d / 12h or a date like 2027-01-31") from e
+            when = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _file_entry(path: Path) -> dict:
+    return {"sha256": sha256_file(path), "size": path.stat().st_size}
+
+
+def write_bundle(out: str | Path, model_file: str | Path, name: str, reference_input: np.ndarray,
+                 reference_output: np.ndarray, *, extra: dict | None = None, tolerance: dict | None = None,
+                 sequence: int | None = None, expires=None, extra_files: dict[str, Path] | None = None,
+                 runtime: dict | None = None, inputs: list | None = None, outputs: list | None = None,
+                 preprocessing: dict | None = None, key: str | Path | None = None, sign: bool = True) -> Bundle:
+    """Assemble and sign a bundle atomically: a folder, or a single .tar when `out` ends in .tar."""
+    from kit.package.signing import canonical_json, sign_bytes
+    from kit.package.tarball import write_tar
+
+    out = Path(out)
+    model_file = Path(model_file)
+    as_tar = out.suffix == ".tar"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(staging, 0o755)  # mkdtemp makes it 0700; the bundle is not secret
+    try:
+        model_name = "model" + model_file.suffix
+        shutil.copyfile(model_file, staging / model_name)
+        for fname, src in (extra_files or {}).items():
+            shutil.copyfile(src, staging / fname)
+        np.save(staging / "reference_input.npy", reference_input)
+        np.save(staging / "reference_output.npy", reference_output)
+        names = [model_name, *(extra_files or {}), "reference_input.npy", "reference_output.npy"]
+        files = {f: _file_entry(staging / f) for f in names}
+        scale = float(np.abs(reference_output).max()) or 1.0
+        runtime_info = {"name": RUNTIMES[model_file.suffix], "format": model_file.suffix.lstrip("."), **(runtime or {})}
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "name": name,
+            # Milliseconds since the epoch: monotonic per model name across hosts without shared state.
+            "sequence": int(sequence) if sequence is not None else time.time_ns() // 1_000_000,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "runtime": runtime_info,
+            "model": {"file": model_name, **files[model_name]},
+            "files": files,
+            "inputs": inputs or [{"name": "input", "shape": list(reference_input.shape), "dtype": str(reference_input.dtype)}],
+            "outputs": outputs or [{"name": "output", "shape": list(reference_output.shape), "dtype": str(reference_output.dtype)}],
+            "preprocessing": preprocessing or {"layout": "NCHW", "dtype": str(reference_input.dtype)},
+            "reference": {
+                "input": "reference_input.npy",
+                "output": "reference_output.npy",
+                # Same artifact, other CPU: float reassociation and int8 rounding differ a little.
+                "atol": (tolerance or {}).get("atol", 0.02 * scale),
+                "rtol": (tolerance or {}).get("rtol", 0.01),
+            },
+            "kit_version": _kit_version(),
+            **(extra or {}),
+        }
+        exp = parse_expires(expires)
+        if exp:
+            manifest["expires"] = exp
+        manifest.pop("bundle_id", None)
+        if sign:
+            from kit.package.signing import key_id
+
+            manifest["signer"] = key_id(key)
+        manifest["bundle_id"] = hashlib.sha256(canonical_json(manifest)).hexdigest()[:16]
+        manifest_bytes = canonical_json(manifest)
+        (staging / "manifest.json").write_bytes(manifest_bytes)
+        if sign:
+            (staging / "manifest.sig").write_bytes(sign_bytes(manifest_bytes, key))
+        if as_tar:
+            write_tar(staging, out)
+        else:
+            _replace_dir(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return Bundle(out, manifest)
+
+
+def _replace_dir(staging: Path, out: Path) -> None:
+    if out.is_dir():
+        old = out.with_name(out.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    elif out.exists():
+        raise EdgeKitError(f"--out {out}: a file is in the way; remove it or choose another folder")
+    else:
+        os.replace(staging, out)
 
 
 def _kit_version() -> str:

@@ -1,0 +1,110 @@
+"""Apply one recipe to one model: run its compression chain, package the result for the recipe's
+runtime and format, and measure its accuracy on the host. (Measuring it on a device is
+kit.fleet.bench's job; kit.search does both for many recipes.)"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kit.data import Splits
+from kit.errors import EdgeKitError
+from kit.evaluate import accuracy, torch_predictor
+from kit.progress import ProgressFn
+from kit.recipes.schema import Recipe
+
+
+@dataclass
+class AppliedRecipe:
+    recipe: str
+    bundle_path: str
+    model_sha256: str
+    size_bytes: int
+    accuracy: float | None
+    baseline_accuracy: float | None
+    gate_passed: bool
+    seconds: float
+    report: dict = field(default_factory=dict)
+
+    @property
+    def top1_drop(self) -> float | None:
+        """Points of top-1 lost against the original model."""
+        if self.accuracy is None or self.baseline_accuracy is None:
+            return None
+        return 100.0 * (self.baseline_accuracy - self.accuracy)
+
+
+def check_input(recipe: Recipe, splits: Splits) -> None:
+    channels = splits.train.x.shape[1]
+    if recipe.input.channels is not None and recipe.input.channels != channels:
+        raise EdgeKitError(f"recipe {recipe.name} ({recipe.source}): input.channels={recipe.input.channels} but data "
+                           f"{splits.name!r} has {channels}; use --set input.channels={channels}")
+    size = splits.train.x.shape[-1]
+    if recipe.input.image_size is not None and recipe.input.image_size != size:
+        raise EdgeKitError(f"recipe {recipe.name}: input.image_size={recipe.input.image_size} but the data was loaded at "
+                           f"{size}; load it with image_size={recipe.input.image_size}")
+
+
+def _compress(recipe: Recipe, model, splits: Splits, teacher, progress: ProgressFn):
+    from kit.compress.chain import run_chain
+
+    result = run_chain(model, [dict(s) for s in recipe.compress], splits, budget_top1_drop=recipe.budget.top1_drop,
+                       teacher=teacher, runtime=recipe.runtime, progress=progress)
+    return result.model, getattr(result, "report", {}) or {}, bool(getattr(result, "gate_passed", True))
+
+
+def _to_ort(onnx_file: Path, out_dir: Path) -> Path:
+    """Convert an .onnx to ORT's mobile format with ORT's own converter (as DESIGN.md checked)."""
+    proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(onnx_file),
+                           "--output_dir", str(out_dir), "--optimization_style", "Fixed"],
+                          capture_output=True, text=True)
+    produced = sorted(out_dir.glob("*.ort"))
+    if proc.returncode != 0 or not produced:
+        raise EdgeKitError(f"converting {onnx_file.name} to .ort failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
+    return produced[0]
+
+
+def _package(recipe: Recipe, compressed, splits: Splits, out_dir: Path, name: str):
+    from kit import package as pkg
+
+    example = splits.test.x[:1]
+    extra = {"recipe": recipe.summary()}
+    if recipe.format == "ort" and "ort" in getattr(pkg, "TARGETS", ()):
+        return pkg.package(compressed, "ort", out_dir, example, name=name, extra=extra)
+    if recipe.format != "ort":
+        return pkg.package(compressed, recipe.target, out_dir, example, name=name, extra=extra)
+    # .ort while the packager only knows .onnx: export, convert, then package the .ort file.
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if isinstance(compressed, (str, Path)):
+            onnx_file = Path(compressed)
+        else:
+            onnx_file = pkg.package(compressed, "onnx", tmp / "onnx", example, name=name).model_file
+        ort_file = _to_ort(onnx_file, tmp / "ort")
+        return pkg.package(ort_file, "onnx", out_dir, example, name=name, extra=extra)
+
+
+def apply_recipe(recipe: Recipe, model, splits: Splits, out_dir: str | Path, *, teacher=None,
+                 baseline_accuracy: float | None = None, name: str = "model", progress: ProgressFn = None) -> AppliedRecipe:
+    """Compress `model` as `recipe` says and package it into `out_dir` (a bundle folder)."""
+    check_input(recipe, splits)
+    t0 = time.time()
+    if baseline_accuracy is None and splits.test.y is not None:
+        baseline_accuracy = accuracy(torch_predictor(model), splits.test)
+    compressed, report, gate_passed = _compress(recipe, model, splits, teacher, progress)
+    bundle = _package(recipe, compressed, splits, Path(out_dir), name)
+    from kit.package import runner_for
+
+    acc = accuracy(runner_for(bundle.model_file, recipe.threads), splits.test) if splits.test.y is not None else None
+    applied = AppliedRecipe(recipe=recipe.name, bundle_path=str(bundle.path), model_sha256=bundle.manifest["model"]["sha256"],
+                            size_bytes=int(bundle.manifest["model"]["size"]), accuracy=acc,
+                            baseline_accuracy=baseline_accuracy, gate_passed=gate_passed, seconds=time.time() - t0,
+                            report=report)
+    if recipe.budget.top1_drop is not None and applied.top1_drop is not None:
+        # The packaged artifact is what ships, so the gate is judged on it, not on the torch model.
+        applied.gate_passed = applied.gate_passed and applied.top1_drop <= recipe.budget.top1_drop + 1e-9
+    return applied

@@ -1,0 +1,85 @@
+"""The recipe schema: what one YAML file in recipes/ may say, checked by pydantic.
+
+A recipe names the kind of device it is for, the runtime and file format, the input shape, the
+thread count, the compression chain (each step checked against kit.compress.chain.METHODS by the
+loader), the budgets and the bench settings. Unknown keys are refused so a typo never silently
+falls back to a default.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+RUNTIMES = ("executorch", "onnxruntime")
+FORMATS_BY_RUNTIME = {"executorch": ("pte",), "onnxruntime": ("onnx", "ort")}
+# Device kinds the shipped recipes target; a user may name others (the inventory's `kind`).
+KNOWN_DEVICES = ("raspberry-pi-4", "raspberry-pi-5", "jetson-orin-nano", "android-arm64", "x86-64")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(_Strict):
+    # None means "as the data set comes" (the digits load at 32x32, one channel).
+    image_size: int | None = Field(None, ge=8, le=1024, description="Square input side in pixels.")
+    channels: int | None = Field(None, ge=1, le=4, description="Input channels (1 for digits, 3 for RGB).")
+
+
+class Budget(_Strict):
+    top1_drop: float | None = Field(1.0, ge=0, le=100, description="Max top-1 drop in points vs the original model.")
+    latency_ms: float | None = Field(None, gt=0, description="Latency goal (p50 on the device).")
+    energy_mj: float | None = Field(None, gt=0, description="Energy goal per inference, when the device has sensors.")
+
+
+class BenchSpec(_Strict):
+    runs: int = Field(50, ge=1, le=100000)
+    warmup: int = Field(5, ge=0, le=10000)
+
+
+class Recipe(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    description: str = ""
+    base: str | None = None
+    device: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", description="Device kind, e.g. raspberry-pi-5.")
+    runtime: Literal["executorch", "onnxruntime"]
+    format: Literal["pte", "onnx", "ort"] | None = None
+    input: InputSpec = Field(default_factory=InputSpec)
+    threads: int = Field(1, ge=1, le=64)
+    compress: list[dict[str, Any]] = Field(default_factory=list)
+    budget: Budget = Field(default_factory=Budget)
+    bench: BenchSpec = Field(default_factory=BenchSpec)
+    # Overrides (`key=value`, as for --set) that shrink the recipe for quick tests: small inputs,
+    # one epoch. Applied only when asked for (load_recipe(..., overrides=recipe.smoke)).
+    smoke: list[str] = Field(default_factory=list)
+    source: str | None = Field(None, description="The file this recipe was loaded from (set by the loader).")
+
+    @field_validator("format")
+    @classmethod
+    def _format_matches_runtime(cls, value, info: ValidationInfo):
+        runtime = info.data.get("runtime")
+        allowed = FORMATS_BY_RUNTIME.get(runtime, ())
+        if value is not None and runtime and value not in allowed:
+            raise ValueError(f"format {value!r} cannot run on {runtime}; allowed with runtime {runtime}: {', '.join(allowed)}")
+        return value
+
+    @model_validator(mode="after")
+    def _default_format(self):
+        if self.format is None:
+            self.format = FORMATS_BY_RUNTIME[self.runtime][0]
+        return self
+
+    @property
+    def target(self) -> str:
+        """The kit.package target this recipe's format needs."""
+        return "executorch" if self.runtime == "executorch" else "onnx"
+
+    def summary(self) -> dict:
+        """A JSON-able view for listings and reports."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def field_names(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)

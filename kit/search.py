@@ -1,0 +1,285 @@
+"""Recipe search: try candidate recipes on a device, keep the Pareto front, pick the best in budget.
+
+For each candidate recipe: compress + package (kit.recipes.apply), accuracy on the host, latency
+(and energy, when the device has sensors) measured on the device with kit.fleet.bench. Every
+measurement goes into the results store; a later search finds it again by the artifact's sha256,
+the device and the thread count, and does not measure that artifact again.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from kit.data import Splits, load_data
+from kit.errors import EdgeKitError
+from kit.evaluate import accuracy, torch_predictor
+from kit.fleet.bench import BenchOptions, bench
+from kit.package.bundle import Bundle
+from kit.progress import ProgressFn, report
+from kit.recipes import Recipe, available_recipes, load_recipe
+from kit.recipes.apply import apply_recipe
+from kit.results.store import ResultsStore
+
+# (field, direction): the objectives of the front. Energy joins only when every candidate has it.
+OBJECTIVES = (("p50_ms", "min"), ("size_bytes", "min"), ("accuracy", "max"))
+_HOST_KINDS = {"x86_64": "x86-64", "amd64": "x86-64"}
+
+
+@dataclass
+class Candidate:
+    recipe: str
+    runtime: str
+    format: str
+    threads: int
+    accuracy: float | None = None
+    top1_drop: float | None = None
+    size_bytes: int | None = None
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    energy_mj: float | None = None
+    reference_passed: bool | None = None
+    reused: bool = False
+    measurement_id: int | None = None
+    model_sha256: str | None = None
+    bundle_path: str | None = None
+    within_budget: bool = False
+    on_front: bool = False
+    chosen: bool = False
+    why_not: str = ""  # why a candidate is out of budget or failed
+    error: str | None = None
+
+
+@dataclass
+class SearchResult:
+    device: str
+    model: str
+    data: str
+    budget_top1_drop: float | None
+    baseline_accuracy: float | None
+    candidates: list[Candidate] = field(default_factory=list)
+    chosen: str | None = None
+    measured: int = 0
+    reused: int = 0
+    objectives: list[str] = field(default_factory=list)
+    run_id: int | None = None
+    seconds: float = 0.0
+
+    @property
+    def front(self) -> list[Candidate]:
+        return [c for c in self.candidates if c.on_front]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def device_kind(device) -> str | None:
+    """The recipe `device` kind a device answers to: the inventory entry's kind, or the host's for `local`."""
+    entry = getattr(device, "entry", None)
+    if entry is not None and getattr(entry, "kind", None):
+        return entry.kind
+    if getattr(device, "name", None) == "local":
+        return _HOST_KINDS.get(platform.machine().lower())
+    return getattr(device, "kind", None)
+
+
+def candidates_for(kind: str | None, overrides: list[str] = ()) -> list[Recipe]:
+    """Every recipe found whose `device` is `kind`."""
+    if not kind:
+        raise EdgeKitError("cannot tell which recipes suit this device (no kind); pass the recipes to try with --recipe")
+    recipes = []
+    for name, path in sorted(available_recipes().items()):
+        r = load_recipe(path, overrides)
+        if r.device == kind:
+            recipes.append(r)
+    if not recipes:
+        raise EdgeKitError(f"no recipe targets device kind {kind!r}; write one (see 'edgekit recipes list') or pass --recipe")
+    return recipes
+
+
+def find_measurement(store: ResultsStore, sha256: str, device: str, threads: int) -> dict | None:
+    """The latest stored measurement of this exact artifact on this device with these threads."""
+    if hasattr(store, "find_measurement"):
+        return store.find_measurement(sha256, device, threads)
+    row = store.db.execute(
+        "SELECT m.*, a.sha256, a.size_bytes, d.name AS device FROM measurements m JOIN artifacts a ON a.id = m.artifact_id "
+        "JOIN devices d ON d.id = m.device_id WHERE a.sha256 = ? AND d.name = ? AND m.threads = ? ORDER BY m.id DESC LIMIT 1",
+        (sha256, device, threads)).fetchone()
+    return dict(row) if row else None
+
+
+def _energy(power) -> float | None:
+    if isinstance(power, str):
+        try:
+            power = json.loads(power)
+        except json.JSONDecodeError:
+            return None
+    if isinstance(power, dict) and power.get("available"):
+        value = power.get("energy_mj_per_inference")
+        return float(value) if value is not None else None
+    return None
+
+
+def pareto_front(points: list[dict], objectives: list[tuple[str, str]]) -> list[bool]:
+    """True for each point no other point dominates (at least as good on every objective and better
+    on one). Written out because it is a dozen lines over a handful of candidates."""
+    def better_or_equal(a, b, key, direction):
+        return a[key] <= b[key] if direction == "min" else a[key] >= b[key]
+
+    def strictly_better(a, b, key, direction):
+        return a[key] < b[key] if direction == "min" else a[key] > b[key]
+
+    flags = []
+    for p in points:
+        dominated = any(
+            all(better_or_equal(q, p, k, d) for k, d in objectives) and any(strictly_better(q, p, k, d) for k, d in objectives)
+            for q in points if q is not p)
+        flags.append(not dominated)
+    return flags
+
+
+def _judge(c: Candidate, recipe: Recipe, budget: float | None) -> None:
+    reasons = []
+    if c.error:
+        reasons.append("failed")
+    if budget is not None and c.top1_drop is not None and c.top1_drop > budget + 1e-9:
+        reasons.append(f"top-1 drop {c.top1_drop:.2f} > {budget:g}")
+    if c.reference_passed is False:
+        reasons.append("reference check failed on device")
+    if recipe.budget.latency_ms is not None and c.p50_ms is not None and c.p50_ms > recipe.budget.latency_ms:
+        reasons.append(f"p50 {c.p50_ms:.2f} ms > goal {recipe.budget.latency_ms:g}")
+    if recipe.budget.energy_mj is not None and c.energy_mj is not None and c.energy_mj > recipe.budget.energy_mj:
+        reasons.append(f"energy {c.energy_mj:.2f} mJ > goal {recipe.budget.energy_mj:g}")
+    c.within_budget = not reasons
+    c.why_not = "; ".join(reasons)
+
+
+def search(model, data: str | Splits, device, candidates: list[Recipe], *, store: ResultsStore, out_dir: str | Path,
+           budget_top1_drop: float | None = 1.0, teacher=None, model_name: str = "model", seed: int = 0,
+           progress: ProgressFn = None, step: Callable[[str], None] | None = None) -> SearchResult:
+    """Try each candidate recipe on `device`; return every candidate with the front and the choice.
+
+    `data` is a data spec for kit.data.load_data (loaded at each recipe's input size) or ready Splits.
+    `budget_top1_drop` (points) overrides each recipe's own accuracy budget for the choice.
+    """
+    if not candidates:
+        raise EdgeKitError("recipe search needs at least one candidate recipe")
+    step = step or (lambda label: None)
+    out_dir = Path(out_dir)
+    t0 = time.time()
+    splits_cache: dict[int | None, Splits] = {}
+    baseline: dict[int | None, float | None] = {}
+
+    def splits_for(size: int | None) -> Splits:
+        if isinstance(data, Splits):
+            return data
+        if size not in splits_cache:
+            splits_cache[size] = load_data(data, size or 32, seed)
+        return splits_cache[size]
+
+    data_name = data.name if isinstance(data, Splits) else str(data)
+    result = SearchResult(device=device.name, model=model_name, data=data_name, budget_top1_drop=budget_top1_drop,
+                          baseline_accuracy=None)
+    result.run_id = store.start_run("search", note=f"model={model_name} data={data_name} device={device.name}")
+    recipes = {}
+    for i, recipe in enumerate(candidates):
+        recipes[recipe.name] = recipe
+        c = Candidate(recipe=recipe.name, runtime=recipe.runtime, format=recipe.format, threads=recipe.threads)
+        result.candidates.append(c)
+        step(f"candidate {i + 1}/{len(candidates)}: {recipe.name}")
+        try:
+            splits = splits_for(recipe.input.image_size)
+            size = splits.train.x.shape[-1]
+            if size not in baseline:
+                baseline[size] = accuracy(torch_predictor(model), splits.test) if splits.test.y is not None else None
+            result.baseline_accuracy = baseline[size]
+            applied = apply_recipe(recipe, model, splits, out_dir / recipe.name, teacher=teacher,
+                                   baseline_accuracy=baseline[size], name=model_name, progress=progress)
+            c.accuracy, c.top1_drop, c.size_bytes = applied.accuracy, applied.top1_drop, applied.size_bytes
+            c.model_sha256, c.bundle_path = applied.model_sha256, applied.bundle_path
+            known = find_measurement(store, applied.model_sha256, device.name, recipe.threads)
+            if known is not None:
+                c.reused, c.measurement_id = True, known["id"]
+                c.p50_ms, c.p99_ms = known["p50_ms"], known["p99_ms"]
+                c.reference_passed = bool(known["reference_passed"])
+                c.energy_mj = known.get("energy_mj") if known.get("energy_mj") is not None else _energy(known.get("power_json"))
+                result.reused += 1
+            else:
+                bundle = Bundle.load(applied.bundle_path)
+                m = bench(device, bundle, BenchOptions(runs=recipe.bench.runs, warmup=recipe.bench.warmup,
+                                                       threads=recipe.threads, power=True))
+                c.measurement_id = store.record(result.run_id, bundle, m, f"recipe:{recipe.name}", applied.accuracy,
+                                                recipe=recipe)
+                c.p50_ms, c.p99_ms, c.reference_passed = m.p50_ms, m.p99_ms, m.reference_passed
+                c.energy_mj = _energy(m.power)
+                result.measured += 1
+        except EdgeKitError as e:
+            # One recipe the model cannot take (an op the exporter refuses, ...) must not end the search.
+            c.error = str(e)
+        report(progress, "search", i + 1, len(candidates))
+
+    for c in result.candidates:
+        r = recipes[c.recipe]
+        _judge(c, r, budget_top1_drop if budget_top1_drop is not None else r.budget.top1_drop)
+    done = [c for c in result.candidates if c.error is None and c.p50_ms is not None and c.size_bytes is not None
+            and c.accuracy is not None]
+    objectives = list(OBJECTIVES)
+    if done and all(c.energy_mj is not None for c in done):
+        objectives.append(("energy_mj", "min"))
+    result.objectives = [k for k, _ in objectives]
+    for c, on_front in zip(done, pareto_front([asdict(c) for c in done], objectives)):
+        c.on_front = on_front
+    feasible = [c for c in done if c.within_budget]
+    if feasible:
+        # The front holds every trade-off; within the budget the fastest wins (then the smaller, then the more accurate).
+        best = min(feasible, key=lambda c: (c.p50_ms, c.size_bytes, -(c.accuracy or 0)))
+        best.chosen = True
+        result.chosen = best.recipe
+    result.seconds = time.time() - t0
+    return result
+
+
+def plot_front(result: SearchResult, path: str | Path) -> Path:
+    """Latency vs accuracy of every candidate (marker area ~ size), the front joined, the choice starred."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = [c for c in result.candidates if c.p50_ms is not None and c.accuracy is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if done:
+        biggest = max(c.size_bytes or 1 for c in done)
+        for c in done:
+            colour = "tab:blue" if c.within_budget else "tab:gray"
+            ax.scatter(c.p50_ms, 100 * c.accuracy, s=40 + 400 * (c.size_bytes or 0) / biggest, color=colour, alpha=0.6,
+                       edgecolors="black" if c.on_front else "none")
+            ax.annotate(c.recipe, (c.p50_ms, 100 * c.accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        front = sorted((c for c in done if c.on_front), key=lambda c: c.p50_ms)
+        if len(front) > 1:
+            ax.plot([c.p50_ms for c in front], [100 * c.accuracy for c in front], "--", color="tab:orange", label="Pareto front")
+        for c in done:
+            if c.chosen:
+                ax.scatter(c.p50_ms, 100 * c.accuracy, marker="*", s=300, color="tab:red", label=f"chosen: {c.recipe}", zorder=5)
+    if result.baseline_accuracy is not None:
+        ax.axhline(100 * result.baseline_accuracy, color="green", lw=0.8, label="original model")
+        if result.budget_top1_drop is not None:
+            ax.axhline(100 * result.baseline_accuracy - result.budget_top1_drop, color="red", lw=0.8, ls=":",
+                       label=f"budget (-{result.budget_top1_drop:g} pt)")
+    ax.set_xlabel(f"latency p50 on {result.device} (ms)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(f"Recipe search: {result.model} on {result.device} (marker area ~ size)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
+    tmp = path.with_name(path.stem + ".part.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
