@@ -35,6 +35,7 @@ from device_agents.errors import AgentError
 SUPPORTED_SCHEMAS = (1,)
 MANIFEST_FILE = "manifest.json"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # a manifest with a recipe and a report is a few KiB
+MAX_TAR_MEMBERS = 1000  # a bundle has a handful of files; a header flood is an attack
 _RUNTIME_PACKAGES = {"executorch": "executorch", "onnxruntime": "onnxruntime"}
 
 
@@ -195,16 +196,19 @@ def check_not_replayed(manifest: dict, home: str | None = None, allow_rollback: 
     if not isinstance(seq, int) or isinstance(seq, bool):
         raise AgentError("bad_manifest", "manifest has no integer sequence (needed for replay protection)")
     entry = read_state(home)["models"].get(name)
-    if not entry or seq >= entry["sequence"]:
-        if entry and seq == entry["sequence"] and manifest.get("bundle_id") != entry.get("bundle_id"):
-            raise AgentError("replayed", f"model {name!r}: another bundle with sequence {seq} is already active; "
-                                         f"re-package (sequences must increase)")
+    if not entry or seq > entry["sequence"]:
         return
     bid = manifest.get("bundle_id")
-    if bid == entry.get("bundle_id") or (allow_rollback and bid in [h["bundle_id"] for h in entry.get("history", [])]):
+    history = {h["bundle_id"]: h["sequence"] for h in entry.get("history", [])}
+    if seq == entry["sequence"]:
+        if bid == entry.get("sequence_bundle_id", entry.get("bundle_id")) or history.get(bid) == seq:
+            return
+        raise AgentError("replayed", f"model {name!r}: another bundle with sequence {seq} was already activated; "
+                                     f"re-package (sequences must increase)")
+    if bid == entry.get("bundle_id") or (allow_rollback and bid in history):
         return
     raise AgentError("replayed", f"model {name!r}: bundle sequence {seq} is older than the activated {entry['sequence']} "
-                                 f"(bundle {entry.get('bundle_id')}); refusing a replayed bundle")
+                                 f"(bundle {entry.get('sequence_bundle_id', entry.get('bundle_id'))}); refusing a replayed bundle")
 
 
 def record_activation(manifest: dict, home: str | None = None, rollback: bool = False) -> dict:
@@ -223,7 +227,9 @@ def record_activation(manifest: dict, home: str | None = None, rollback: bool = 
         old = state["models"].get(name) or {}
         history = [h for h in old.get("history", []) if h["bundle_id"] != manifest["bundle_id"]]
         history = (history + [{"bundle_id": manifest["bundle_id"], "sequence": manifest["sequence"]}])[-20:]
-        entry = {"sequence": max(manifest["sequence"], old.get("sequence", manifest["sequence"])),
+        newest = not old or manifest["sequence"] >= old["sequence"]
+        entry = {"sequence": manifest["sequence"] if newest else old["sequence"],
+                 "sequence_bundle_id": manifest["bundle_id"] if newest else old.get("sequence_bundle_id"),
                  "bundle_id": manifest["bundle_id"], "activated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                  "previous": old.get("bundle_id"), "history": history}
         state["models"][name] = entry
@@ -395,7 +401,9 @@ def _extract_tar(tar_path: str, trusted: dict, policy: dict, extract_to: str | N
     with tf:
         members: dict[str, tarfile.TarInfo] = {}
         try:
-            for m in tf.getmembers():  # screen every header before reading any content
+            for i, m in enumerate(tf):  # screen every header before reading any content
+                if i >= MAX_TAR_MEMBERS:
+                    raise AgentError("bad_tar", f"{tar_path}: more than {MAX_TAR_MEMBERS} members; not a bundle")
                 norm = _screen_member(m)
                 if m.isdir() or norm == "":
                     continue

@@ -98,16 +98,18 @@ def _opts(v: str) -> str:
 
 _FLAG = None  # an option that takes no value
 _BENCH = {"--bundle": _bundle_path, "--opts": _opts, "--runs": _int, "--warmup": _int, "--threads": _int,
-          "--min-time-s": _float, "--deadline-s": _float, "--max-memory-mb": _int, "--input-shape": _int_list,
+          "--cpus": _int_list, "--min-time-s": _float, "--deadline-s": _float, "--max-memory-mb": _int, "--input-shape": _int_list,
           "--power": _FLAG}
 # The agent's public verbs and their options. Fleet verbs are listed so a forced key can roll out;
 # options added to the agent must be added here too (refused until then: the safe default).
+# Deliberately absent: --trust-dir (the network must not choose which keys are trusted) and the
+# internal _worker verb.
 VERBS: dict[str, dict] = {
     "info": {},
     "verify": {"--bundle": _bundle_path},
     "bench": _BENCH,
-    "activate": {"--bundle": _bundle_path, "--name": _name, "--sequence": _int, "--bundle-id": _name},
-    "rollback": {"--name": _name},
+    "activate": {"--bundle": _bundle_path, "--name": _name},
+    "rollback": {"--name": _name, "--expect-current": _name},
     "status": {"--name": _name},
 }
 

@@ -20,7 +20,8 @@ import os
 import re
 import shutil
 
-from device_agents.bundle import load_manifest, verify_files
+from device_agents import bundle as bundle_checks
+from device_agents.bundle import load_manifest
 from device_agents.errors import AgentError
 
 KEEP_VERSIONS = 2  # current + previous; older version folders are removed after a switch
@@ -88,19 +89,21 @@ class _Lock:
         os.close(self.fd)
 
 
-def _record_replay(manifest: dict) -> None:
-    """Replay protection (packaging area): refuse a bundle older than the last one activated.
+def _verify(bundle_dir: str, check_replay: bool = True) -> dict:
+    """Signature by a trusted key, expiry, replay, every pinned file (device_agents/bundle.py)."""
+    verify = getattr(bundle_checks, "verify_bundle", None)
+    if verify is None:  # an agent from before signed bundles: hashes only
+        manifest = load_manifest(bundle_dir)
+        bundle_checks.verify_files(bundle_dir, manifest)
+        return manifest
+    return verify(bundle_dir, home=agent_home(), check_replay=check_replay)[1]
 
-    The packaging engineer's module records the sequence; it is optional here so this verb works
-    on agents shipped before it existed.
-    """
-    try:
-        from device_agents import trust  # type: ignore[attr-defined]
-    except ImportError:
-        return
-    record = getattr(trust, "record_activation", None) or getattr(trust, "check_and_record_sequence", None)
+
+def _record_replay(manifest: dict, rollback: bool = False) -> None:
+    """Replay protection (packaging area): record the activated sequence in state.json."""
+    record = getattr(bundle_checks, "record_activation", None)
     if record is not None:
-        record(agent_home(), manifest)
+        record(manifest, agent_home(), rollback=rollback)
 
 
 def _version_info(model_dir: str, bundle_id: str | None) -> dict | None:
@@ -131,7 +134,7 @@ def _install(src: str, model_dir: str, bundle_id: str) -> str:
     dest = os.path.join(model_dir, bundle_id)
     if os.path.isdir(dest):
         try:
-            verify_files(dest, load_manifest(dest))
+            _verify(dest, check_replay=False)
             return dest
         except AgentError:
             shutil.rmtree(dest)  # damaged earlier copy (disk error, tampering): install afresh
@@ -139,7 +142,7 @@ def _install(src: str, model_dir: str, bundle_id: str) -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         shutil.copytree(src, tmp, symlinks=False, ignore=shutil.ignore_patterns("*.part", ".*"))
-        verify_files(tmp, load_manifest(tmp))  # the copy, not only the source, is what will run
+        _verify(tmp, check_replay=False)  # the copy, not only the source, is what will run
         for root, _, files in os.walk(tmp):
             for f in files:
                 fd = os.open(os.path.join(root, f), os.O_RDONLY)
@@ -154,8 +157,9 @@ def _install(src: str, model_dir: str, bundle_id: str) -> str:
 
 def activate(bundle: str, name: str) -> dict:
     src = os.path.abspath(bundle)
-    manifest = load_manifest(src)
-    verify_files(src, manifest)
+    if not os.path.isdir(src):
+        raise AgentError("no_bundle", f"{bundle}: no such bundle folder on the device; push it first")
+    manifest = _verify(src)
     bundle_id = _check_name("bundle_id", str(manifest.get("bundle_id")))
     model_dir = _model_dir(name)
     with _Lock(model_dir):

@@ -1,76 +1,125 @@
-"""Load a model file with whichever runtime the bundle names; numpy in, numpy out."""
+"""Load a model with whichever runtime the bundle names; numpy in, numpy out.
+
+Models are loaded from bytes the caller has already hashed, so the file cannot change between
+the check and the parse. `prepare(x)` returns a no-argument callable with the inputs already
+converted, so the timed loop measures the runtime call and nothing of ours.
+"""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 
 from device_agents.errors import AgentError
 
+RUNTIME_MODULES = {"executorch": "executorch", "onnxruntime": "onnxruntime"}
+
 
 def available() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
     out = {}
-    for name, mod in (("executorch", "executorch"), ("onnxruntime", "onnxruntime")):
+    for name, mod in RUNTIME_MODULES.items():
         if importlib.util.find_spec(mod) is None:
             out[name] = None
             continue
         try:
-            from importlib.metadata import version
-
             out[name] = version(mod)
-        except Exception:
+        except PackageNotFoundError:
             out[name] = "unknown"
     return out
 
 
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+
+def import_runtime(runtime: str) -> None:
+    """Import the runtime before the sandbox limits are set: the import is trusted code, and
+    torch alone maps ~3.5 GB of address space, which must not count against the model."""
+    try:
+        if runtime == "onnxruntime":
+            importlib.import_module("onnxruntime")
+        elif runtime == "executorch":
+            importlib.import_module("torch")
+            importlib.import_module("executorch.runtime")
+            importlib.import_module("executorch.extension.pybindings.portable_lib")
+        else:
+            raise AgentError("unknown_runtime", f"runtime {runtime!r} is not one this agent runs (executorch, onnxruntime)")
+    except ImportError:
+        raise AgentError("runtime_missing", f"{runtime} is not installed on this device; pip install {RUNTIME_MODULES[runtime]}")
+
+
 class OrtModel:
-    def __init__(self, path: str, threads: int):
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise AgentError("runtime_missing", "onnxruntime is not installed on this device; pip install onnxruntime")
+    def __init__(self, data: bytes, threads: int):
+        import onnxruntime as ort
+
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = threads  # explicit, so ORT does not also pin its own affinities
         opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.log_severity_level = 3
         try:
-            self.sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            self.sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         except Exception as e:
-            raise AgentError("load_failed", f"onnxruntime cannot load the model: {str(e).splitlines()[0][:200]}")
-        self.input_name = self.sess.get_inputs()[0].name
-        self.input_shape = self.sess.get_inputs()[0].shape
+            raise load_error("onnxruntime", e)
+        inp = self.sess.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = [d if isinstance(d, int) else None for d in inp.shape]
+        self.input_dtype = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(uint8)": "uint8",
+                            "tensor(int8)": "int8", "tensor(int64)": "int64"}.get(inp.type, "float32")
+        self.threads = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
 
-    def __call__(self, x):
-        return self.sess.run(None, {self.input_name: x})[0]
+    def prepare(self, x):
+        run, feed, name = self.sess.run, {self.input_name: x}, None
+        return lambda: run(name, feed)[0]
 
 
 class PteModel:
-    def __init__(self, path: str, threads: int):
-        try:
-            import torch  # ExecuTorch's pybindings take and return torch tensors
-            from executorch.extension.pybindings import portable_lib
-            from executorch.runtime import Runtime, Verification
-        except ImportError:
-            raise AgentError("runtime_missing", "executorch is not installed on this device; pip install executorch")
+    def __init__(self, data: bytes, threads: int):
+        import torch  # ExecuTorch's pybindings take and return torch tensors
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime, Verification
+
+        torch.set_num_threads(threads)  # torch's own pool (unused by XNNPACK, but created on import)
+        # XNNPACK draws from ExecuTorch's shared threadpool; size it before loading.
+        portable_lib._unsafe_reset_threadpool(threads)
         self._torch = torch
-        if threads > 0:
-            # XNNPACK draws from ExecuTorch's shared threadpool; size it before loading.
-            portable_lib._unsafe_reset_threadpool(threads)
         try:
-            program = Runtime.get().load_program(path, verification=Verification.InternalConsistency)
-            self.method = program.load_method("forward")
+            # Keep the Program: it owns the model bytes the loaded method points into.
+            self.program = Runtime.get().load_program(data, verification=Verification.InternalConsistency)
+            self.method = self.program.load_method("forward")
         except Exception as e:
-            raise AgentError("load_failed", f"executorch cannot load the model: {str(e).splitlines()[0][:200]}")
+            raise load_error("executorch", e)
         meta = self.method.metadata
-        self.input_shape = list(meta.input_tensor_meta(0).sizes()) if meta.num_inputs() else None
+        tm = meta.input_tensor_meta(0) if meta.num_inputs() else None
+        self.input_shape = list(tm.sizes()) if tm is not None else None
+        self.input_dtype = "float32"
+        self.threads = {"threadpool": portable_lib._threadpool_get_thread_count(), "torch": torch.get_num_threads()}
 
-    def __call__(self, x):
-        out = self.method.execute([self._torch.from_numpy(x)])
-        return out[0].numpy()
+    def prepare(self, x):
+        execute, inputs = self.method.execute, [self._torch.from_numpy(x)]
+        return lambda: execute(inputs)[0].numpy()
 
 
-def load(path: str, runtime: str, threads: int):
+MEMORY_ERRORS = ("bad_alloc", "failed to allocate", "out of memory", "cannot allocate memory", "memoryerror",
+                 "std::length_error")
+
+
+def is_memory_error(e: BaseException) -> bool:
+    return isinstance(e, MemoryError) or any(s in str(e).lower() for s in MEMORY_ERRORS)
+
+
+def load_error(runtime: str, e: Exception) -> AgentError:
+    if is_memory_error(e):
+        return AgentError("resource_limit", f"{runtime} ran out of memory loading the model under the agent's "
+                                            f"limit (max_memory_mb): {_first_line(e)}")
+    return AgentError("load_failed", f"{runtime} cannot load the model: {_first_line(e)}")
+
+
+def load(data: bytes, runtime: str, threads: int):
     if runtime == "onnxruntime":
-        return OrtModel(path, threads)
+        return OrtModel(data, threads)
     if runtime == "executorch":
-        return PteModel(path, threads)
+        return PteModel(data, threads)
     raise AgentError("unknown_runtime", f"runtime {runtime!r} is not one this agent runs (executorch, onnxruntime)")

@@ -96,6 +96,9 @@ def run_demo(cfg: DemoConfig | None = None, progress: ProgressFn = None, step=No
     q_pte = quantize(student, Int8Static(per_channel=True), splits.calib)
 
     step("packaging")
+    from kit.package.signing import ensure_keys
+
+    ensure_keys()  # the demo needs no setup: a signing key pair is made on first use (edgekit keys init)
     bundles_dir = out / "bundles"
     bundles = {
         "student-fp32-pte": package(student, "executorch", bundles_dir / "student-fp32-pte", example, name="digits-student"),

@@ -81,3 +81,83 @@ def count_macs(module: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         module.eval()(torch.zeros(input_shape))
     return int(counter.get_total_flops() // 2)
+
+
+def count_macs_params(model, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """MACs and parameters of a float module, or of a QuantizedModel's float graph (same arithmetic)."""
+    module = getattr(model, "float_graph", None) or model
+    try:
+        macs = count_macs(module, input_shape)
+    except Exception:  # some graph modules refuse FlopCounterMode; the float eager model is the fallback
+        macs = -1
+    return macs, count_params(module)
+
+
+def file_size(path) -> int:
+    from pathlib import Path
+
+    return Path(path).stat().st_size
+
+
+def gzip_size(path_or_bytes) -> int:
+    """Size after gzip -9: what zeros, shared values and clustering buy once a file is compressed
+    for download (a dense .pte/.onnx does not shrink by itself)."""
+    import gzip
+    from pathlib import Path
+
+    data = path_or_bytes if isinstance(path_or_bytes, (bytes, bytearray)) else Path(path_or_bytes).read_bytes()
+    return len(gzip.compress(bytes(data), compresslevel=9))
+
+
+def weights_size(module: torch.nn.Module) -> dict:
+    """Bytes of the float weights as stored (raw little-endian float32) and after gzip."""
+    raw = b"".join(t.detach().contiguous().float().numpy().tobytes() for t in module.state_dict().values()
+                   if torch.is_tensor(t) and t.is_floating_point())
+    return {"weight_bytes": len(raw), "weight_gzip_bytes": gzip_size(raw)}
+
+
+def compare(reference: Predictor, candidate: Predictor, data: Dataset, max_samples: int | None = None) -> dict:
+    """top-1 (when labelled) and agreement with the reference; works on unlabelled data too."""
+    if max_samples is not None and len(data) > max_samples:
+        data = Dataset(data.x[:max_samples], None if data.y is None else data.y[:max_samples])
+    ref = outputs(reference, data)
+    out = outputs(candidate, data)
+    result = {"samples": len(data), "agreement": agreement(ref, out).to_dict()}
+    if data.y is not None:
+        result["top1"] = top1(out, data.y)
+        result["reference_top1"] = top1(ref, data.y)
+    return result
+
+
+def per_layer_sqnr(qmodel, data: Dataset, max_samples: int = 8) -> list[dict]:
+    """SQNR (dB) of each quantized layer's output against the float graph, worst first, using
+    torchao's PT2E numeric debugger (loggers on matching nodes of both graphs). Conv outputs that
+    feed a BatchNorm in the float graph are skipped: BN is folded in the quantized graph, so the
+    comparable point is after it."""
+    from torchao.quantization.pt2e import compare_results, extract_results_from_loggers, prepare_for_propagation_comparison
+
+    if getattr(qmodel, "float_graph", None) is None:
+        raise EdgeKitError("per-layer SQNR needs a QuantizedModel from kit.compress.quantize/qat (it keeps the float graph)")
+    if len(data) == 0:
+        raise EdgeKitError("per-layer SQNR: evaluation set is empty")
+    ref = prepare_for_propagation_comparison(qmodel.float_graph)
+    act = prepare_for_propagation_comparison(qmodel.module)
+    with torch.no_grad():
+        for xb, _ in Dataset(data.x[:max_samples], None).batches(1):
+            x = torch.from_numpy(np.ascontiguousarray(xb))
+            ref(x)
+            act(x)
+    feeds_bn = set()
+    for n in qmodel.float_graph.graph.nodes:
+        if "batch_norm" in str(n.target) and n.args:
+            feeds_bn.add(n.args[0].name)
+    rows = []
+    for info, summary in compare_results(extract_results_from_loggers(ref), extract_results_from_loggers(act)).items():
+        if summary.ref_node_name in feeds_bn or info.name in feeds_bn:
+            continue
+        values = [float(r.sqnr) for r in summary.results]
+        if not values:
+            continue
+        rows.append({"layer": summary.ref_module_stack, "node": info.name, "sqnr_db": round(float(np.mean(values)), 2)})
+    rows.sort(key=lambda r: r["sqnr_db"])
+    return rows

@@ -49,14 +49,14 @@ def bundles_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pte_bundle(tiny_model, digits16, bundles_dir):
+def pte_bundle(tiny_model, digits16, bundles_dir, edgekit_signing_key):  # signed with the session key
     from kit.package import package
 
     return package(tiny_model, "executorch", bundles_dir / "tiny-pte", digits16.test.x[:1], name="tiny")
 
 
 @pytest.fixture(scope="session")
-def onnx_bundle(tiny_model, digits16, bundles_dir):
+def onnx_bundle(tiny_model, digits16, bundles_dir, edgekit_signing_key):  # signed with the session key
     from kit.package import package
 
     return package(tiny_model, "onnx", bundles_dir / "tiny-onnx", digits16.test.x[:1], name="tiny")

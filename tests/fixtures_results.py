@@ -43,7 +43,7 @@ class _LabelledLocalDevice:
 
 
 @pytest.fixture(scope="session")
-def int8_pte_bundle(tiny_model, digits16, bundles_dir):
+def int8_pte_bundle(edgekit_signing_key, tiny_model, digits16, bundles_dir):
     from kit.compress import Int8Static, quantize
     from kit.package import package
 
@@ -52,8 +52,8 @@ def int8_pte_bundle(tiny_model, digits16, bundles_dir):
 
 
 @pytest.fixture(scope="session")
-def filled_store(tmp_path_factory, digits16, pte_bundle, int8_pte_bundle, onnx_bundle) -> FilledStore:
-    """Two runs on 'local' (fp32/int8 .pte + fp32 .onnx) and one artifact on an 'emulated' label."""
+def filled_store(edgekit_signing_key, tmp_path_factory, digits16, pte_bundle, int8_pte_bundle, onnx_bundle) -> FilledStore:
+    """Run 1: fp32/int8 .pte + fp32 .onnx on 'local', fp32 .pte on an 'emulated' label; run 2: the two .pte again."""
     from kit.evaluate import accuracy
     from kit.fleet import BenchOptions, LocalDevice, bench
     from kit.package import runner_for
@@ -72,9 +72,10 @@ def filled_store(tmp_path_factory, digits16, pte_bundle, int8_pte_bundle, onnx_b
     with ResultsStore(path) as store, LocalDevice() as local:
         info = local.run_agent(["info"], timeout=60)["result"]
         run_ids = []
-        for _ in range(2):
+        for names in (list(variants), ["tiny-fp32-pte", "tiny-int8-pte"]):
             run_id = store.start_run("bench", note="results tests")
-            for v, b in variants.items():
+            for v in names:
+                b = variants[v]
                 store.record(run_id, b, bench(local, b, opts), v, acc[v], recipe=recipes[v], device_info=info,
                              accuracy_n=len(digits16.test.y))
             store.finish_run(run_id)

@@ -264,3 +264,9 @@ def sshd_factory_module(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sshd_device(sshd_factory_module) -> DeviceEntry:
     return sshd_factory_module(1)[0]
+
+
+@pytest.fixture
+def ssh_keygen(tmp_path):
+    """ssh_keygen(name) -> Path of a fresh ed25519 private key (public key beside it, + '.pub')."""
+    return lambda name: keygen(tmp_path / name)

@@ -133,7 +133,10 @@ class HwmonIna:
                 for label, files in hwmon_rails(d).items():
                     rails[label if label not in rails else f"{label}@{os.path.basename(d)}"] = files
         if not rails:
-            raise Unavailable("no INA2xx/INA3221 current monitor in /sys/class/hwmon")
+            legacy = glob.glob(cfg.sys("bus", "i2c", "drivers", "ina3221x", "*", "iio:device*"))
+            raise Unavailable("no INA2xx/INA3221 current monitor in /sys/class/hwmon" + (
+                " (this Jetson has the legacy ina3221x IIO driver of JetPack <= 4.6, which this agent does not read)"
+                if legacy else ""))
         totals = [r for r in rails if r.upper() in TOTAL_RAILS]
         self.used = {totals[0]: rails[totals[0]]} if totals else rails
         self.all_rails = sorted(rails)

@@ -36,6 +36,12 @@ class PeriodicSampler:
         self._thread.start()
         return self
 
+    def wait_past(self, t: float, timeout_s: float = 2.0) -> None:
+        """Block until a sample later than t exists (the thread may lag under load)."""
+        end = time.monotonic() + timeout_s
+        while not (self.samples and self.samples[-1][0] > t) and time.monotonic() < end and self._thread.is_alive():
+            time.sleep(self.interval_s / 4)
+
     def stop(self) -> list[tuple[float, object]]:
         self._stop.set()
         self._thread.join(timeout=10)

@@ -4,6 +4,7 @@ with optional feature (hint) distillation through a small adapter (Romero et al.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
@@ -66,9 +67,18 @@ class Distill:
     hint_student_layer: str | None = None
     hint_weight: float = 1.0
     baseline: bool = True
+    # Flat shortcuts for recipes (override the matching `train` fields when given).
+    epochs: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    max_samples: int | None = None
+    seed: int | None = None
 
     def __post_init__(self):
         self.train = as_train_config(self.train)
+        flat = {k: getattr(self, k) for k in ("epochs", "lr", "batch_size", "max_samples", "seed") if getattr(self, k) is not None}
+        if flat:
+            self.train = dataclasses.replace(self.train, **flat)
         if not 0.0 <= self.alpha <= 1.0:
             raise EdgeKitError(f"distill alpha={self.alpha}: choose a value between 0 and 1")
         if self.temperature <= 0:

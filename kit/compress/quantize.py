@@ -33,8 +33,11 @@ class Int8Static:
     batch_size: int = 32
     observer: str = "histogram"  # activation observer: histogram | minmax | moving_average
     skip_layers: list[str] = field(default_factory=list)  # module names kept in float
+    keep_float: int = 0  # chain: also keep this many most sensitive layers in float (sensitivity scan)
 
     def __post_init__(self):
+        if self.keep_float < 0:
+            raise EdgeKitError(f"quantize keep_float={self.keep_float}: must be >= 0")
         _check_observer(self.observer)
         if self.calib_batches < 1 or self.batch_size < 1:
             raise EdgeKitError(f"quantize calib_batches={self.calib_batches} batch_size={self.batch_size}: both must be >= 1")
@@ -180,7 +183,10 @@ def quantize(model: nn.Module, config: Int8Static | Int8Dynamic, calib: Dataset 
     graph = export_for_quant(model, example)
     float_graph = copy.deepcopy(graph)
     prepared = prepare(graph, xnnpack_quantizer(qconfig, config.skip_layers), name)
-    if not dynamic:
+    if dynamic:
+        with torch.no_grad():
+            prepared(*example)  # weight observers only record when the graph runs once
+    else:
         calibrate(prepared, calib, config.calib_batches * config.batch_size)
     converted = convert(prepared, name, "dynamic int8" if dynamic else "static int8")
     return QuantizedModel(module=converted, example_input=example, config=config, float_graph=float_graph,

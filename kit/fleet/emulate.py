@@ -458,7 +458,8 @@ def start_pi(name: str = DEFAULT_NAME, *, recipe: PiRecipe | None = None, cpu_qu
         _wait_for_banner(port, proc.pid, timeout, log)
         pi.start_s = round(time.monotonic() - t0, 2)
         if register:
-            inv = Inventory.load(inventory)
+            # A named inventory that does not exist yet is started empty (registering creates it).
+            inv = Inventory.load(inventory) if inventory is None or Path(inventory).exists() else Inventory({}, Path(inventory))
             inv.add(pi.entry(), replace=True)
             pi.inventory = str(inv.save())
         _write_state(pi)
@@ -476,14 +477,26 @@ def stop_pi(name: str = DEFAULT_NAME, timeout: float = 30) -> bool:
         return False
     was_running = _alive(pi.pid)
     if was_running:
-        # SIGTERM ends unshare; --kill-child then SIGKILLs sshd, PID 1 of the namespace, which takes every
-        # session with it, and the namespace's mounts (overlay, /proc) go with the last process.
-        os.kill(pi.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
+        # unshare ignores SIGTERM while it waits, so: SIGTERM its child, sshd (PID 1 of the namespace:
+        # its death kills every session in it), then SIGKILL unshare, whose --kill-child makes sure of
+        # sshd. The namespace's mounts (overlay, /proc) go with its last process.
+        try:
+            children = Path(f"/proc/{pi.pid}/task/{pi.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        for child in children:
+            try:
+                os.kill(int(child), signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + min(timeout, 5)
         while _alive(pi.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.05)
         if _alive(pi.pid):
             os.kill(pi.pid, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while _alive(pi.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
     try:
         os.waitpid(pi.pid, os.WNOHANG)  # reap it if we are its parent (library use in one process)
     except ChildProcessError:

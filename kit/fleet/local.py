@@ -32,6 +32,11 @@ class LocalDevice:
         env = dict(os.environ)
         # Only the agent package on the path: the agent must not depend on kit/.
         env["PYTHONPATH"] = str(agent_root())
+        # The local device is this host: it trusts the kit's own signing key(s), no enrolment step.
+        from kit.package.signing import public_key_paths
+
+        trusted = [str(p) for p in public_key_paths()] + [v for v in [env.get("EDGEKIT_TRUSTED_KEYS")] if v]
+        env["EDGEKIT_TRUSTED_KEYS"] = os.pathsep.join(trusted)
         try:
             proc = subprocess.run([self.python, "-m", "device_agents", *args], capture_output=True, text=True,
                                   timeout=timeout, env=env, cwd=str(agent_root()))

@@ -338,6 +338,7 @@ class _Runner:
         bid, model = self.rec.bundle_id, self.rec.model_name
         s = self._session(name, [d.attempts])
         at, previous = d.stage, d.previous_bundle_id
+        installed: str | None = None  # the activated version's folder, from activate's answer
 
         def emit(**f):
             nonlocal at
@@ -361,20 +362,23 @@ class _Runner:
                 remote = s.call(lambda dev: dev.stage_bundle(self.bundle.path))
                 emit(stage="activate", running_bundle_id=None)  # from here until the answer: not known
                 try:
-                    s.agent(["activate", "--bundle", remote, "--name", model], self.opts.agent_timeout_s)
+                    installed = s.agent(["activate", "--bundle", remote, "--name", model],
+                                        self.opts.agent_timeout_s).get("installed_path")
                 except AgentRefused:
                     emit(running_bundle_id=previous or "")  # the agent refuses before it switches
                     raise
                 emit(stage="gate", running_bundle_id=bid)
             if at == "gate":
-                cur = self._current(s)
-                if cur.get("bundle_id") != bid:
-                    raise AgentRefused(name, "status", {"code": "not_current",
-                                                        "message": f"{model} runs {cur.get('bundle_id')}, not {bid}"})
+                if installed is None:  # resumed at the gate: ask the device where the version lives
+                    cur = self._current(s)
+                    if cur.get("bundle_id") != bid:
+                        raise AgentRefused(name, "status", {"code": "not_current",
+                                                            "message": f"{model} runs {cur.get('bundle_id')}, not {bid}"})
+                    installed = cur["path"]
                 bench_opts = {"runs": self.opts.health_runs, "warmup": self.opts.health_warmup,
                               "threads": self.opts.threads, "deadline_s": self.opts.agent_timeout_s}
                 try:
-                    result = s.agent(["bench", "--bundle", cur["path"], "--opts", json.dumps(bench_opts)],
+                    result = s.agent(["bench", "--bundle", installed, "--opts", json.dumps(bench_opts)],
                                      self.opts.agent_timeout_s + 60)
                     why = health_gate(result, self.budget, self.opts.latency_stat)
                 except AgentRefused as e:

@@ -41,7 +41,6 @@ import device_agents
 from kit.config import config_dir
 from kit.errors import EdgeKitError
 from kit.fleet.inventory import DeviceEntry
-from kit.fleet.local import agent_root
 from kit.progress import ProgressFn, report
 
 DIGEST_FILE = ".edgekit-digest"
@@ -165,10 +164,8 @@ class SshDevice:
         self.trusted_keys = trusted_keys
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
-        self._lock = threading.Lock()
         self._home: str | None = None
         self._agent_dir: str | None = None
-        self._seen_bundles: dict[str, str] = {}
         if connect:
             self.connect()
 
@@ -259,7 +256,6 @@ class SshDevice:
         client, sftp = self._client, self._sftp
         self._client = self._sftp = None
         self._agent_dir = None
-        self._seen_bundles = {}
         for closer in (sftp, client):
             if closer is not None:
                 with contextlib.suppress(Exception):
@@ -526,7 +522,11 @@ class SshDevice:
                 sftp.posix_rename(staging, final_dir)
                 if old:
                     self._rmtree(old)
-        except OSError as e:
+        except (OSError, EOFError, paramiko.SSHException) as e:
+            if self._client is None or not self._client.get_transport() or not self._client.get_transport().is_active():
+                self._hard_close()
+                raise EdgeKitError(f"device {self.name}: the connection dropped while pushing {label} ({type(e).__name__}: "
+                                   f"{e}); nothing was installed, push again when the device is back") from None
             # paramiko reports a full disk only as "Failure": say what it most likely means.
             self._cleanup(staging)
             raise EdgeKitError(f"device {self.name}: writing {label} to {parent} failed ({e}); the device is probably "
@@ -574,6 +574,16 @@ class SshDevice:
                     f.write(data)
                 sftp.posix_rename(tmp, remote)
 
+    def _find_staged(self, bundle_id: str) -> str:
+        """Behind the forced-command agent nothing can be copied: the bundle must be there already."""
+        doc = self.run_agent(["verify", "--bundle", f"bundles/{bundle_id}"], timeout=self.deadlines.command_s)
+        if not doc.get("ok"):
+            err = doc.get("error") or {}
+            raise EdgeKitError(f"device {self.name}: bundle {bundle_id} is not usable there [{err.get('code')}: "
+                               f"{err.get('message')}]; push it with the enrolment key (an inventory entry without "
+                               f"forced_command) first")
+        return (doc.get("result") or {}).get("path") or f"bundles/{bundle_id}"
+
     def stage_bundle(self, bundle_path: Path, progress: ProgressFn = None, check_space: bool = True) -> str:
         """Push a bundle folder to <home>/bundles/<bundle_id>/ (skipped when unchanged); returns that path."""
         bundle_path = Path(bundle_path)
@@ -586,8 +596,89 @@ class SshDevice:
             raise EdgeKitError(f"{mf}: not valid JSON ({e.msg})") from None
         if not _SAFE_ID.match(bundle_id):
             raise EdgeKitError(f"{mf}: bundle_id {bundle_id!r} is not a plain name; repackage the bundle")
+        if self.entry.forced_command:
+            return self._find_staged(bundle_id)
         files = local_tree(bundle_path)
         final = posixpath.join(self.home, "bundles", bundle_id)
         self._makedirs(posixpath.dirname(final))
         self.upload_tree(files, final, f"bundle {bundle_id}", progress, check_space=check_space)
         return final
+
+
+# --- enrolment: host keys and health checks ---------------------------------------------------
+def fetch_host_key(entry: DeviceEntry, timeout: float = 15.0, ssh_config: str | Path | None = None) -> tuple[str, paramiko.PKey]:
+    """The host key a device offers, without authenticating: (known_hosts name, key)."""
+    host, port, _, _, cfg = SshDevice(entry, connect=False, ssh_config=ssh_config).target()
+    where = known_hosts_name(host, port)
+    sock = None
+    try:
+        sock = paramiko.ProxyCommand(cfg["proxycommand"]) if cfg.get("proxycommand") else \
+            socket.create_connection((host, port), timeout=timeout)
+        transport = paramiko.Transport(sock)
+        transport.banner_timeout = timeout
+        try:
+            transport.start_client(timeout=timeout)
+            return where, transport.get_remote_server_key()
+        finally:
+            transport.close()
+    except (paramiko.SSHException, OSError, EOFError) as e:
+        raise EdgeKitError(f"device {entry.name}: cannot read the host key of {where} ({type(e).__name__}: {e}); "
+                           f"check that the device is on and sshd listens there") from None
+    finally:
+        if sock is not None:
+            with contextlib.suppress(Exception):
+                sock.close()
+
+
+def record_host_key(known_hosts: Path, where: str, key: paramiko.PKey, replace: bool = False) -> bool:
+    """Add `where key` to a known_hosts file (atomically). False if that exact key is already there.
+
+    A different key already recorded for `where` is refused unless replace=True (a changed key is
+    what an attack looks like).
+    """
+    known_hosts = Path(known_hosts)
+    lines = known_hosts.read_text().splitlines() if known_hosts.is_file() else []
+    keep, line_new = [], f"{where} {key.get_name()} {key.get_base64()}"
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 3 and where in parts[0].split(","):
+            if parts[1] == key.get_name() and parts[2] == key.get_base64():
+                return False
+            if parts[1] == key.get_name() and not replace:
+                raise EdgeKitError(f"{known_hosts}: {where} is recorded with a DIFFERENT {parts[1]} key; if the device was "
+                                   f"reinstalled, run 'edgekit devices trust NAME --replace' after checking the fingerprint")
+            if parts[1] == key.get_name():
+                continue
+        keep.append(line)
+    keep.append(line_new)
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    tmp = known_hosts.with_name(known_hosts.name + f".{secrets.token_hex(4)}.part")
+    tmp.write_text("\n".join(keep) + "\n")
+    os.replace(tmp, known_hosts)
+    return True
+
+
+@dataclass
+class DeviceCheck:
+    name: str
+    ok: bool
+    seconds: float
+    error: str | None = None
+    info: dict | None = None
+
+
+def check_device(entry: DeviceEntry, deadlines: Deadlines | None = None, timeout: float = 60.0) -> DeviceCheck:
+    """Connect, push the agent if needed and run `info`: is this device ready to measure?"""
+    from kit.fleet.inventory import connect
+
+    t0 = time.monotonic()
+    try:
+        kwargs = {"deadlines": deadlines} if entry.name != "local" and deadlines else {}
+        with connect(entry, **kwargs) as dev:
+            doc = dev.run_agent(["info"], timeout=timeout)
+        if not doc.get("ok"):
+            err = doc.get("error", {})
+            return DeviceCheck(entry.name, False, time.monotonic() - t0, f"agent error [{err.get('code')}]: {err.get('message')}")
+        return DeviceCheck(entry.name, True, time.monotonic() - t0, None, doc.get("result"))
+    except EdgeKitError as e:
+        return DeviceCheck(entry.name, False, time.monotonic() - t0, str(e))

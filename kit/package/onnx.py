@@ -44,3 +44,42 @@ class OrtRunner:
 
     def __call__(self, x):
         return self._sess.run(None, {self._name: x})[0]
+
+
+def self_contained_onnx(src: str | Path, dst: str | Path) -> Path:
+    """Copy an .onnx to `dst` with any external tensor data folded in, refusing data outside its folder.
+
+    A bundle holds one model file; external data that points elsewhere (``../secret``, ``/etc/...``)
+    is how a model file reads files it should not, so it is refused here and again on the device.
+    """
+    import shutil
+
+    import onnx
+
+    from device_agents.bundle import onnx_external_locations
+    from device_agents.errors import AgentError
+
+    src, dst = Path(src), Path(dst)
+    try:
+        locations = onnx_external_locations(str(src))
+    except AgentError as e:
+        raise EdgeKitError(f"{src}: {e.message}") from None
+    if not locations:
+        shutil.copyfile(src, dst)
+        return dst
+    root = src.parent.resolve()
+    for loc in locations:
+        target = (root / loc).resolve()
+        if not loc or Path(loc).is_absolute() or not target.is_relative_to(root):
+            raise EdgeKitError(f"{src}: external tensor data {loc!r} lies outside the model's folder; "
+                               f"refusing it (keep the data beside the model)")
+        if not target.is_file():
+            raise EdgeKitError(f"{src}: external tensor data file {loc!r} is missing")
+    model = onnx.load(str(src), load_external_data=True)
+    tmp = dst.with_name(dst.stem + ".part.onnx")
+    try:
+        onnx.save_model(model, str(tmp), save_as_external_data=False)
+    except ValueError as e:  # protobuf's 2 GiB limit
+        raise EdgeKitError(f"{src}: too large to fold its external data into one file ({e})") from e
+    tmp.replace(dst)
+    return dst

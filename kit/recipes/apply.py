@@ -4,9 +4,6 @@ kit.fleet.bench's job; kit.search does both for many recipes.)"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,35 +54,12 @@ def _compress(recipe: Recipe, model, splits: Splits, teacher, progress: Progress
     return result.model, getattr(result, "report", {}) or {}, bool(getattr(result, "gate_passed", True))
 
 
-def _to_ort(onnx_file: Path, out_dir: Path) -> Path:
-    """Convert an .onnx to ORT's mobile format with ORT's own converter (as DESIGN.md checked)."""
-    proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(onnx_file),
-                           "--output_dir", str(out_dir), "--optimization_style", "Fixed"],
-                          capture_output=True, text=True)
-    produced = sorted(out_dir.glob("*.ort"))
-    if proc.returncode != 0 or not produced:
-        raise EdgeKitError(f"converting {onnx_file.name} to .ort failed: {(proc.stderr or proc.stdout).strip()[-200:]}")
-    return produced[0]
+def _package(recipe: Recipe, compressed, splits: Splits, out_dir: Path, name: str, compression: dict):
+    from kit.package import package
 
-
-def _package(recipe: Recipe, compressed, splits: Splits, out_dir: Path, name: str):
-    from kit import package as pkg
-
-    example = splits.test.x[:1]
-    extra = {"recipe": recipe.summary()}
-    if recipe.format == "ort" and "ort" in getattr(pkg, "TARGETS", ()):
-        return pkg.package(compressed, "ort", out_dir, example, name=name, extra=extra)
-    if recipe.format != "ort":
-        return pkg.package(compressed, recipe.target, out_dir, example, name=name, extra=extra)
-    # .ort while the packager only knows .onnx: export, convert, then package the .ort file.
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        if isinstance(compressed, (str, Path)):
-            onnx_file = Path(compressed)
-        else:
-            onnx_file = pkg.package(compressed, "onnx", tmp / "onnx", example, name=name).model_file
-        ort_file = _to_ort(onnx_file, tmp / "ort")
-        return pkg.package(ort_file, "onnx", out_dir, example, name=name, extra=extra)
+    # .ort: kit.package converts with ORT's own converter and keeps the required-operators config.
+    return package(compressed, recipe.format if recipe.format == "ort" else recipe.target, out_dir, splits.test.x[:1],
+                   name=name, recipe=recipe.summary(), compression=compression or None)
 
 
 def apply_recipe(recipe: Recipe, model, splits: Splits, out_dir: str | Path, *, teacher=None,
@@ -96,7 +70,7 @@ def apply_recipe(recipe: Recipe, model, splits: Splits, out_dir: str | Path, *, 
     if baseline_accuracy is None and splits.test.y is not None:
         baseline_accuracy = accuracy(torch_predictor(model), splits.test)
     compressed, report, gate_passed = _compress(recipe, model, splits, teacher, progress)
-    bundle = _package(recipe, compressed, splits, Path(out_dir), name)
+    bundle = _package(recipe, compressed, splits, Path(out_dir), name, report)
     from kit.package import runner_for
 
     acc = accuracy(runner_for(bundle.model_file, recipe.threads), splits.test) if splits.test.y is not None else None

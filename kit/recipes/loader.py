@@ -255,6 +255,8 @@ def _explain(err: dict) -> str:
         elif field is not None and field.description:
             hint = f" ({field.description})"
         return f"field {_dotted(loc)!r} is missing{hint}"
+    if kind == "dict_type" and loc[:1] == ("compress",):
+        return f"field {_dotted(loc)!r}: a step must be a mapping like {{method: quantize, per_channel: true}} (got {err.get('input')!r})"
     msg = err["msg"].removeprefix("Value error, ")
     got = err.get("input")
     shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"

@@ -4,6 +4,11 @@ Whether a latency change is real is decided from the recorded repetitions (sampl
 fixed percentage: a bootstrap confidence interval of the ratio of medians (B / A) and a two-sided
 Mann-Whitney U test (scipy). A change counts only when the interval excludes 1.0 *and* the test
 rejects "same distribution" at the same level; otherwise it is "within noise".
+
+Repetitions inside one run do not see what changes *between* runs (other load, clocks, caches),
+so when the store holds earlier measurements of the same artifacts on the same devices, their
+spread of medians widens the band: the change must also exceed z * sqrt(2) * (run-to-run standard
+deviation of log p50). Without that history the verdict says it rests on within-run repetitions only.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ class NoiseVerdict:
     n_a: int
     n_b: int
     confidence: float
+    run_to_run_sd: float | None = None  # sd of log(p50) across earlier runs, when the store has them
+    basis: str = "within-run repetitions"
 
     @property
     def beyond_noise(self) -> bool:
@@ -48,12 +55,16 @@ def _bootstrap_median_ratio(a: np.ndarray, b: np.ndarray, resamples: int, confid
     return float(np.quantile(r, tail)), float(np.quantile(r, 1 - tail))
 
 
-def latency_verdict(samples_a, samples_b, *, confidence: float = 0.99, resamples: int = 2000, seed: int = 0) -> NoiseVerdict:
-    """Is B's latency different from A's beyond the run-to-run noise the repetitions show?"""
-    from scipy.stats import mannwhitneyu
+def latency_verdict(samples_a, samples_b, *, confidence: float = 0.99, resamples: int = 2000, seed: int = 0,
+                    run_to_run: tuple[float, int] | None = None) -> NoiseVerdict:
+    """Is B's latency different from A's beyond the noise the repetitions show?
 
-    a = np.asarray([s for s in (samples_a or []) if s is not None and s > 0], dtype=np.float64)
-    b = np.asarray([s for s in (samples_b or []) if s is not None and s > 0], dtype=np.float64)
+    `run_to_run` = (sd of log p50 across earlier runs, how many runs) widens the band when known.
+    """
+    from scipy.stats import mannwhitneyu, norm
+
+    a = np.asarray([s for s in ([] if samples_a is None else samples_a) if s is not None and s > 0], dtype=np.float64)
+    b = np.asarray([s for s in ([] if samples_b is None else samples_b) if s is not None and s > 0], dtype=np.float64)
     if a.size < MIN_SAMPLES or b.size < MIN_SAMPLES:
         ratio = float(np.median(b) / np.median(a)) if a.size and b.size else None
         return NoiseVerdict("too few samples", ratio, None, None, None, int(a.size), int(b.size), confidence)
@@ -61,8 +72,26 @@ def latency_verdict(samples_a, samples_b, *, confidence: float = 0.99, resamples
     lo, hi = _bootstrap_median_ratio(a, b, resamples, confidence, seed)
     p = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
     significant = p < (1 - confidence) and not (lo <= 1.0 <= hi)
+    sd, basis = None, "within-run repetitions"
+    if run_to_run and run_to_run[0] > 0:
+        sd = run_to_run[0]
+        basis = f"within-run repetitions and the spread of {run_to_run[1]} earlier runs"
+        z = float(norm.ppf(1 - (1 - confidence) / 2))
+        significant = significant and abs(np.log(ratio)) > z * np.sqrt(2) * sd
     verdict = ("slower" if ratio > 1 else "faster") if significant else "within noise"
-    return NoiseVerdict(verdict, ratio, lo, hi, p, int(a.size), int(b.size), confidence)
+    return NoiseVerdict(verdict, ratio, lo, hi, p, int(a.size), int(b.size), confidence, sd, basis)
+
+
+def run_to_run_spread(history: list[list[float]]) -> tuple[float, int] | None:
+    """Pooled sd of log(p50) within each group of earlier p50s of one artifact/device/threads."""
+    dev2, dof, runs = 0.0, 0, 0
+    for p50s in history:
+        logs = np.log([v for v in p50s if v and v > 0])
+        if logs.size >= 2:
+            dev2 += float(((logs - logs.mean()) ** 2).sum())
+            dof += logs.size - 1
+            runs += logs.size
+    return (float(np.sqrt(dev2 / dof)), runs) if dof >= 2 else None
 
 
 def samples_of(row: dict) -> list[float]:
@@ -116,8 +145,16 @@ class Comparison:
         return asdict(self)
 
 
-def compare_rows(a_rows: list[dict], b_rows: list[dict], key, *, confidence: float = 0.99) -> tuple[list[ComparisonRow], list[str], list[str]]:
-    """Pair measurement rows by `key(row) -> str` (the newest row wins per key) and compare each pair."""
+def _history(store, row: dict, exclude: set[int]) -> list[float]:
+    return [r["p50_ms"] for r in store.measurements(device=row["device"], sha256=row["sha256"], threads=row["threads"])
+            if r["id"] not in exclude]
+
+
+def compare_rows(a_rows: list[dict], b_rows: list[dict], key, *, confidence: float = 0.99, store=None) -> tuple[list[ComparisonRow], list[str], list[str]]:
+    """Pair measurement rows by `key(row) -> str` (the newest row wins per key) and compare each pair.
+
+    With `store`, earlier measurements of the same artifacts/devices/threads set the run-to-run band.
+    """
     a_by = {key(r): r for r in a_rows}
     b_by = {key(r): r for r in b_rows}
     rows = []
@@ -127,9 +164,15 @@ def compare_rows(a_rows: list[dict], b_rows: list[dict], key, *, confidence: flo
         ra, rb = a_by[k], b_by[k]
         sa, sb = summary(ra), summary(rb)
         acc_delta = None if sa["accuracy"] is None or sb["accuracy"] is None else sb["accuracy"] - sa["accuracy"]
+        spread = None
+        if store is not None:
+            exclude = {ra["id"], rb["id"]}
+            groups = [_history(store, ra, exclude)] + ([] if (ra["sha256"], ra["device"]) == (rb["sha256"], rb["device"])
+                                                       else [_history(store, rb, exclude)])
+            spread = run_to_run_spread(groups)
         rows.append(ComparisonRow(k, sa, sb, _ratio(sb["p50_ms"], sa["p50_ms"]), _ratio(sb["p99_ms"], sa["p99_ms"]),
                                   _ratio(sb["size_bytes"], sa["size_bytes"]), _ratio(sb["energy_mj"], sa["energy_mj"]), acc_delta,
-                                  latency_verdict(samples_of(ra), samples_of(rb), confidence=confidence)))
+                                  latency_verdict(samples_of(ra), samples_of(rb), confidence=confidence, run_to_run=spread)))
     return rows, [k for k in a_by if k not in b_by], [k for k in b_by if k not in a_by]
 
 
@@ -179,10 +222,10 @@ def compare(store, a: str, b: str, *, confidence: float = 0.99) -> Comparison:
     if kind_a == "runs":
         key = run_key
     elif kind_a == "devices":
-        key = lambda r: f'{variant_label(r)} [{r["sha256"][:8]}] ({r["threads"]}t)'  # noqa: E731
+        key = lambda r: f'{variant_label(r)} {r["sha256"][:8]} ({r["threads"]}t)'  # noqa: E731
     else:
         key = lambda r: f'on {r["device"]} ({r["threads"]}t)'  # noqa: E731
-    rows, only_a, only_b = compare_rows(rows_a, rows_b, key, confidence=confidence)
+    rows, only_a, only_b = compare_rows(rows_a, rows_b, key, confidence=confidence, store=store)
     if not rows:
         raise EdgeKitError(f"{label_a} and {label_b} have no measurement in common to compare "
                            f"(same {'artifact and threads' if kind_a == 'devices' else 'device and threads' if kind_a == 'artifacts' else 'variant, device and threads'})")

@@ -62,3 +62,24 @@ def export(store, fmt: str, out: str | Path | None = None, *, run_id: int | None
         except OSError as e:
             raise EdgeKitError(f"export file {out}: cannot write ({e.strerror}); choose another path with --out") from e
     return text
+
+
+RUN_COLUMNS = ["id", "started", "finished", "kind", "note", "measurements", "devices"]
+
+
+def runs_text(runs: list[dict], fmt: str) -> str:
+    """store.runs() as JSON or CSV."""
+    if fmt == "json":
+        out = []
+        for r in runs:
+            r = dict(r)
+            r["options"] = json.loads(r.pop("options_json") or "null")
+            out.append(r)
+        return json.dumps(out, indent=2, sort_keys=True) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=RUN_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        w.writerows(runs)
+        return buf.getvalue()
+    raise EdgeKitError(f"format {fmt!r}: choose one of table, {', '.join(FORMATS)}")

@@ -61,15 +61,15 @@ def check_against_baseline(store, run_id: int, baseline_run_id: int, *, confiden
     store.run(run_id)
     store.run(baseline_run_id)
     base_rows, cur_rows = store.measurements(baseline_run_id), store.measurements(run_id)
-    pairs, _, unmatched = compare_rows(base_rows, cur_rows, run_key, confidence=confidence)
+    pairs, _, unmatched = compare_rows(base_rows, cur_rows, run_key, confidence=confidence, store=store)
     if not pairs:
         raise EdgeKitError(f"run {run_id} and baseline run {baseline_run_id} share no variant measured on the same device "
                            "with the same threads; choose a baseline run of the same artifacts and devices")
     rows: list[RegressionRow] = []
     for p in pairs:
         v = p.latency
-        ci = f"{v.confidence:.0%} CI of the median ratio {v.ci_low:.3f}-{v.ci_high:.3f}, Mann-Whitney p={v.p_value:.2g}" \
-            if v.ci_low is not None else f"{v.n_a} vs {v.n_b} samples"
+        ci = (f"{v.confidence:.0%} CI of the median ratio {v.ci_low:.3f}-{v.ci_high:.3f}, Mann-Whitney p={v.p_value:.2g}; "
+              f"basis: {v.basis}") if v.ci_low is not None else f"{v.n_a} vs {v.n_b} samples"
         rows.append(RegressionRow(p.key, "latency", p.a["p50_ms"], p.b["p50_ms"], v.ratio, v.verdict, v.verdict == "slower", ci))
         acc_b, acc_c = p.a["accuracy"], p.b["accuracy"]
         if acc_b is not None and acc_c is not None:

@@ -1,0 +1,90 @@
+"""Content-addressed cache of build steps (compress + package) so an unchanged re-run is skipped.
+
+The key is a sha256 over everything the output depends on: the model's architecture and weights,
+the recipe/step configuration, the data it was calibrated or trained on, and the versions of the
+kit and the libraries that produce the artifact. The cache lives in <config_dir>/cache (or
+$EDGEKIT_CACHE); entries are folders written to a temporary name and renamed into place, so a
+killed build never leaves an entry that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from kit.config import config_dir
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("EDGEKIT_CACHE")
+    return Path(env) if env else config_dir() / "cache"
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("edgekit", "torch", "executorch", "onnx", "onnxruntime", "onnxscript"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def hash_module(module: torch.nn.Module) -> str:
+    """Architecture (its repr) plus every parameter and buffer, in order."""
+    h = hashlib.sha256(repr(module).encode())
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode() + str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def hash_arrays(*arrays: np.ndarray | None) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(str(a.shape).encode() + str(a.dtype).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def build_key(**parts) -> str:
+    """sha256 of JSON-able `parts` plus library versions."""
+    blob = json.dumps({"parts": parts, "versions": _versions()}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cached(key: str, produce: Callable[[Path], None], root: Path | None = None) -> tuple[Path, bool]:
+    """Return (folder, hit). On a miss, `produce(tmp_folder)` fills a fresh folder that is then
+    renamed into place atomically."""
+    root = root or cache_dir()
+    final = root / key[:2] / key
+    if (final / ".complete").is_file():
+        return final, True
+    tmp = final.with_name(f"{key}.{uuid.uuid4().hex}.tmp")
+    tmp.mkdir(parents=True)
+    try:
+        produce(tmp)
+        (tmp / ".complete").write_text(key)
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another build finished first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, False

@@ -1,0 +1,108 @@
+"""The forced-command agent: a key pinned with `restrict,command="..."` runs agent verbs and nothing else."""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import paramiko
+import pytest
+
+from device_agents import forced
+from kit.errors import EdgeKitError
+from kit.fleet.bench import BenchOptions, bench
+from kit.fleet.transport import Deadlines, SshDevice, authorized_keys_line
+
+FAST = Deadlines(connect_s=10, command_s=30, io_idle_s=10, transfer_s=30)
+
+
+@pytest.fixture(scope="module")
+def forced_device(sshd_factory_module, onnx_bundle):
+    entry, = sshd_factory_module(1, forced_command=True)
+    admin = sshd_factory_module.server(entry).entry(forced=False)
+    with SshDevice(admin, deadlines=FAST) as dev:  # enrolment key: installs the agent, stages the bundle
+        dev.ensure_agent()
+        remote = dev.stage_bundle(onnx_bundle.path)
+    with SshDevice(entry, deadlines=FAST) as dev:
+        yield dev, remote
+
+
+def _raw(dev: SshDevice, command: str) -> dict:
+    code, out, _ = dev.exec(command, timeout=60)
+    doc = json.loads(out.decode().strip().splitlines()[-1])
+    assert (code == 0) == doc["ok"]
+    return doc
+
+
+def test_forced_key_benches_a_staged_bundle(forced_device, onnx_bundle):
+    dev, remote = forced_device
+    assert dev.entry.forced_command
+    assert dev.run_agent(["info"], timeout=60)["ok"]
+    m = bench(dev, onnx_bundle, BenchOptions(runs=5, warmup=1))
+    assert m.reference_passed and m.runs == 5 and m.raw["bundle_id"] == onnx_bundle.bundle_id
+    with pytest.raises(EdgeKitError, match="allows no file transfer"):
+        dev.sftp()
+
+
+@pytest.mark.parametrize("command, code", [
+    ("info; touch {canary}", "forbidden"),
+    ("info && touch {canary}", "forbidden"),
+    ("info | tee {canary}", "forbidden"),
+    ("bench --bundle $(touch {canary})", "forbidden"),
+    ("bench --bundle `touch {canary}`", "forbidden"),
+    ("info > {canary}", "forbidden"),
+    ("touch {canary}", "unknown_verb"),
+    ("sh -c 'touch {canary}'", "unknown_verb"),
+    ("_worker --bundle x", "unknown_verb"),
+    ("bench --bundle /etc", "bad_path"),
+    ("bench --bundle bundles/../../../etc", "bad_path"),
+    ("verify --bundle bundles/x --trust-dir {canary}", "unknown_option"),
+    ("bench --bundle bundles/x --runs 5x", "bad_value"),
+    ("bench --bundle bundles/x --opts '{{\"runs\": {{\"a\": 1}}}}'", "bad_value"),
+    ("info 'unbalanced", "bad_command"),
+])
+def test_forced_agent_refuses_shell_and_unknown_verbs(forced_device, tmp_path, command, code):
+    dev, _ = forced_device
+    canary = tmp_path / f"pwned-{secrets.token_hex(3)}"
+    doc = _raw(dev, command.format(canary=canary))
+    assert not doc["ok"] and doc["error"]["code"] == code, doc
+    assert doc["schema_version"] == 1 and doc["error"]["message"]
+    assert not canary.exists()
+
+
+def test_forced_key_gets_no_sftp(forced_device):
+    dev, _ = forced_device
+    chan = dev._transport().open_session(timeout=10)
+    chan.settimeout(10)
+    chan.invoke_subsystem("sftp")  # sshd hands the forced command SSH_ORIGINAL_COMMAND=internal-sftp
+    out = b""
+    while not chan.exit_status_ready() or chan.recv_ready():
+        chunk = chan.recv(4096)
+        if not chunk:
+            break
+        out += chunk
+    doc = json.loads(out.decode().strip().splitlines()[-1])
+    assert doc["error"]["code"] == "unknown_verb"
+    with pytest.raises((paramiko.SSHException, paramiko.SFTPError, EOFError, OSError)):
+        paramiko.SFTPClient.from_transport(dev._transport())
+
+
+def test_parse_validates_without_a_shell(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / "bundles" / "b1").mkdir(parents=True)
+    monkeypatch.setenv("EDGEKIT_HOME", str(home))
+    argv = forced.parse("bench --bundle bundles/b1 --opts '{\"runs\": 5, \"input_shape\": [1, 1, 16, 16]}' --power")
+    assert argv == ["bench", "--bundle", str((home / "bundles" / "b1").resolve()), "--opts",
+                    '{"runs": 5, "input_shape": [1, 1, 16, 16]}', "--power"]
+    (home / "bundles" / "escape").symlink_to("/etc")
+    for command, code in [("", "no_command"), ("bench --bundle bundles/escape", "bad_path"),
+                          ("rollback --name ../x", "bad_value"), ("status --name a\nb", "forbidden")]:
+        with pytest.raises(forced.Refused) as e:
+            forced.parse(command)
+        assert e.value.code == code
+
+
+def test_authorized_keys_line_is_restricted():
+    line = authorized_keys_line("ssh-ed25519 AAAAC3Nza kit@host", python="/usr/bin/python3", home="/home/pi/.edgekit")
+    assert line.startswith('restrict,command="env EDGEKIT_HOME=/home/pi/.edgekit PYTHONPATH=/home/pi/.edgekit/agent/')
+    assert line.endswith('-m device_agents.forced" ssh-ed25519 AAAAC3Nza')
