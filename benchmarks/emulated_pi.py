@@ -67,6 +67,7 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="edgekit-pi-bench-"))
     keys = init_keys(tmp / "signing.ed25519")
+    os.environ["EDGEKIT_TRUSTED_KEYS"] = str(keys.public)  # the `local` agent trusts this run's key
     torch.manual_seed(0)
     model = mobilenet_student("mobilenet_v2", width_mult=0.5, num_classes=10, in_channels=3, stem_stride=1).eval()
     x = torch.randn(1, 3, args.size, args.size).numpy()

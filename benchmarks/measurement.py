@@ -6,8 +6,8 @@ Side by side in one run, on one MobileNetV2 (width 1.0, 1x3x128x128, random weig
   ONNX Runtime's profiler "model_run" events. ratio = agent / runtime (target: within 5%).
   Rounds alternate agent and runtime so drift on a shared machine hits both alike.
 - SSH overhead per bench call: wall time of one `bench()` through SshDevice minus the same call on
-  the built-in local device (same agent, same options, no SSH); plus the bare exec round trip and
-  push figures (first push, content-addressed re-push).
+  the built-in local device (same agent, same options, no SSH); the same for the light `info`
+  call; plus the bare exec round trip and push figures (first push, content-addressed re-push).
 
     python benchmarks/measurement.py [--runs 100] [--rounds 3] [--size 128]
 """
@@ -132,6 +132,17 @@ def main() -> None:
                 dev.exec("true", 10)
                 rtt.append((time.perf_counter() - t) * 1e3)
             result["ssh_exec_round_trip_ms_p50"] = round(statistics.median(rtt), 2)
+            info_ssh, info_local = [], []
+            for _ in range(10):  # the lightest agent call: what the SSH hop adds to one invocation
+                t = time.perf_counter()
+                dev.run_agent(["info"], 60)
+                info_ssh.append((time.perf_counter() - t) * 1e3)
+                t = time.perf_counter()
+                local.run_agent(["info"], 60)
+                info_local.append((time.perf_counter() - t) * 1e3)
+            result["agent_info_call_ms_p50"] = {"ssh": round(statistics.median(info_ssh), 1),
+                                                "local": round(statistics.median(info_local), 1),
+                                                "ssh_overhead": round(statistics.median(info_ssh) - statistics.median(info_local), 1)}
             result["push"] = push
 
             for b in bundles:

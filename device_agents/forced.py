@@ -13,18 +13,26 @@ stay inside the agent home, --opts is a flat JSON object of plain values), then 
 in-process. Anything else (an SFTP subsystem request, `sh`, `info; rm -rf ~`, an unknown verb)
 gets a JSON error with a code and exit status 1.
 
-Such a key can run benchmarks but cannot copy files: push the agent and bundles with the
-enrolment key (a separate, unrestricted key kept on the host), or mark that key forced as well
-once the fleet is set up.
+Such a key cannot copy arbitrary files (no SFTP, no scp). Bundles still arrive, through two verbs
+of this module only: `have` (is a bundle with this content digest installed? how much space is
+free?) and `receive` (a tar of the bundle on stdin, of a declared size and sha256, unpacked with
+tarfile's "data" filter into bundles/.incoming/<id>.<token>.part/, checked against the declared
+content digest, then renamed into bundles/<id>/). Signatures are checked by the agent before any
+model is parsed, as for any bundle. The agent code itself is installed with the enrolment key
+(an unrestricted key kept on the admin's host), since it is code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import secrets
 import shlex
+import shutil
 import sys
+import tarfile
 
 from device_agents import AGENT_VERSION, SCHEMA_VERSION
 
@@ -35,6 +43,9 @@ _FLOAT = re.compile(r"^-?[0-9]{1,12}(\.[0-9]{1,9})?$")
 _INT_LIST = re.compile(r"^[0-9]{1,9}(,[0-9]{1,9}){0,7}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _OPT_KEY = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_BUNDLE_BYTES = 4 << 30
+DIGEST_FILE = ".edgekit-digest"
 
 
 class Refused(Exception):
@@ -68,6 +79,18 @@ def _int_list(v: str) -> str:
 def _name(v: str) -> str:
     if not _NAME.match(v):
         raise Refused("bad_value", f"{v!r} is not a plain name (letters, digits, '.', '_', '-')")
+    return v
+
+
+def _hex64(v: str) -> str:
+    if not _HEX64.match(v):
+        raise Refused("bad_value", f"{v[:70]!r} is not a sha256 hex digest")
+    return v
+
+
+def _size(v: str) -> str:
+    if not _INT.match(v) or not 0 < int(v) <= MAX_BUNDLE_BYTES:
+        raise Refused("bad_value", f"{v!r} is not a size between 1 and {MAX_BUNDLE_BYTES} bytes")
     return v
 
 
@@ -111,7 +134,11 @@ VERBS: dict[str, dict] = {
     "activate": {"--bundle": _bundle_path, "--name": _name},
     "rollback": {"--name": _name, "--expect-current": _name},
     "status": {"--name": _name},
+    # Handled here, not by the agent: the file transfer of a forced key.
+    "have": {"--bundle-id": _name, "--digest": _hex64},
+    "receive": {"--bundle-id": _name, "--digest": _hex64, "--size": _size, "--sha256": _hex64},
 }
+TRANSFER_VERBS = ("have", "receive")
 
 
 def parse(command: str | None) -> list[str]:
@@ -149,17 +176,132 @@ def parse(command: str | None) -> list[str]:
     return out
 
 
+def _opts_of(argv: list[str]) -> dict:
+    return {argv[i][2:].replace("-", "_"): argv[i + 1] for i in range(1, len(argv) - 1, 2)}
+
+
+def tree_digest(root: str) -> str:
+    """The host's content address (kit.fleet.transport.tree_digest): (name, sha256, size) by name."""
+    rows = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        for fn in filenames:
+            path = os.path.join(dirpath, fn)
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            if fn == DIGEST_FILE or fn.endswith((".part", ".pyc")):
+                continue
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+            rows.append((rel, h.hexdigest(), os.path.getsize(path)))
+    h = hashlib.sha256()
+    for rel, sha, size in sorted(rows):
+        h.update(f"{rel}\0{sha}\0{size}\n".encode())
+    return h.hexdigest()
+
+
+def _read_digest(folder: str) -> str | None:
+    try:
+        with open(os.path.join(folder, DIGEST_FILE)) as f:
+            return f.read(200).strip()
+    except OSError:
+        return None
+
+
+def have(opts: dict) -> dict:
+    bundles = os.path.join(_home(), "bundles")
+    final = os.path.join(bundles, opts["bundle_id"])
+    probe = bundles if os.path.isdir(bundles) else _home() if os.path.isdir(_home()) else os.path.dirname(_home())
+    st = os.statvfs(probe)
+    return {"present": _read_digest(final) == opts["digest"], "path": final, "free_bytes": st.f_bavail * st.f_frsize}
+
+
+def receive(opts: dict, stream) -> dict:
+    """Install a bundle sent as a tar on stdin; nothing lands in bundles/<id> unless every check passed."""
+    bundle_id, size = opts["bundle_id"], int(opts["size"])
+    bundles = os.path.join(_home(), "bundles")
+    incoming = os.path.join(bundles, ".incoming")
+    os.makedirs(incoming, exist_ok=True)
+    final = os.path.join(bundles, bundle_id)
+    stale = re.compile(rf"^{re.escape(bundle_id)}\.[0-9a-f]{{8}}\.(part|tar\.part|old)$")
+    for name in os.listdir(incoming):  # leftovers of an interrupted transfer of this bundle
+        if stale.match(name):
+            path = os.path.join(incoming, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+    st = os.statvfs(incoming)
+    if st.f_bavail * st.f_frsize < 2 * size + (1 << 20):  # the tar plus its unpacked copy
+        raise Refused("no_space", f"{bundles} has {st.f_bavail * st.f_frsize} bytes free, {2 * size} needed; free space")
+    token = secrets.token_hex(4)
+    tar_path = os.path.join(incoming, f"{bundle_id}.{token}.tar.part")
+    staging = os.path.join(incoming, f"{bundle_id}.{token}.part")
+    try:
+        h, left = hashlib.sha256(), size
+        with open(tar_path, "wb") as f:
+            while left:
+                chunk = stream.read(min(left, 1 << 20))
+                if not chunk:
+                    raise Refused("truncated", f"the transfer ended after {size - left} of {size} bytes; push again")
+                h.update(chunk)
+                f.write(chunk)
+                left -= len(chunk)
+        if h.hexdigest() != opts["sha256"]:
+            raise Refused("hash_mismatch", "the received bytes do not match the declared sha256; push again")
+        if not hasattr(tarfile, "data_filter"):  # Python < 3.8.17 / 3.11.4: no safe extraction filter
+            raise Refused("python_too_old", "this Python's tarfile has no 'data' filter; use Python >= 3.11.4 on the device")
+        os.makedirs(staging)
+        with tarfile.open(tar_path, "r:") as tar:
+            for member in tar.getmembers():
+                if not (member.isfile() or member.isdir()):
+                    raise Refused("bad_bundle", f"tar member {member.name!r} is not a plain file or folder")
+            # The "data" filter refuses absolute names, '..', links out of the folder and device files.
+            tar.extractall(staging, filter="data")
+        if tree_digest(staging) != opts["digest"]:
+            raise Refused("hash_mismatch", "the unpacked bundle does not match its declared content digest")
+        with open(os.path.join(staging, DIGEST_FILE), "w") as f:
+            f.write(opts["digest"] + "\n")
+        old = None
+        if os.path.exists(final):
+            old = os.path.join(incoming, f"{bundle_id}.{token}.old")
+            os.rename(final, old)
+        os.rename(staging, final)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        return {"path": final, "received_bytes": size}
+    finally:
+        for path in (tar_path, staging):
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.unlink(path)
+
+
+def _emit(verb: str, result: dict | None = None, error: Refused | None = None) -> int:
+    doc = {"schema_version": SCHEMA_VERSION, "agent_version": AGENT_VERSION, "verb": verb, "ok": error is None}
+    if error is None:
+        doc["result"] = result
+    else:
+        doc["error"] = {"code": error.code, "message": error.message}
+    sys.stdout.write(json.dumps(doc) + "\n")
+    sys.stdout.flush()
+    return 0 if error is None else 1
+
+
 def main() -> int:
     command = os.environ.get("SSH_ORIGINAL_COMMAND")
     try:
         argv = parse(command)
     except Refused as e:
-        verb = (command or "").split(" ", 1)[0][:40] or "?"
-        doc = {"schema_version": SCHEMA_VERSION, "agent_version": AGENT_VERSION, "verb": verb, "ok": False,
-               "error": {"code": e.code, "message": e.message}}
-        sys.stdout.write(json.dumps(doc) + "\n")
-        sys.stdout.flush()
-        return 1
+        return _emit((command or "").split(" ", 1)[0][:40] or "?", error=e)
+    if argv[0] in TRANSFER_VERBS:
+        try:
+            if argv[0] == "have":
+                return _emit("have", have(_opts_of(argv)))
+            return _emit("receive", receive(_opts_of(argv), sys.stdin.buffer))
+        except Refused as e:
+            return _emit(argv[0], error=e)
+        except (OSError, tarfile.TarError) as e:
+            return _emit(argv[0], error=Refused("transfer_failed", f"{type(e).__name__}: {e}"))
     from device_agents.agent import main as agent_main
 
     return agent_main(argv)

@@ -71,6 +71,15 @@ def _check_out(out: Path) -> None:
         raise EdgeKitError(f"output folder {out}: not writable ({e.strerror}); choose another with --out") from e
 
 
+def _demo_recipe(variant: str, cfg: DemoConfig) -> dict:
+    """What the demo did to make `variant`, in recipe form: the report shows it beside each point."""
+    runtime = "executorch" if variant.endswith("-pte") else "onnxruntime"
+    steps = [{"method": "distill", "epochs": cfg.student_epochs, "width_mult": cfg.width_mult}]
+    if "-int8-" in variant:
+        steps.append({"method": "quantize" if runtime == "executorch" else "ort_quantize", "per_channel": True})
+    return {"name": f"demo-{variant}", "runtime": runtime, "format": variant.rsplit("-", 1)[1], "compress": steps}
+
+
 def run_demo(cfg: DemoConfig | None = None, progress: ProgressFn = None, step=None) -> DemoResult:
     """Run the whole pipeline; `step(label)` announces each stage, `progress` drives bars."""
     cfg = cfg or DemoConfig()
@@ -125,7 +134,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: ProgressFn = None, step=No
         run_id = store.start_run("demo", note=f"data={cfg.data} size={cfg.image_size}")
         for i, (variant, b) in enumerate(bundles.items()):
             m = bench(device, b, BenchOptions(runs=cfg.runs, threads=cfg.threads))
-            store.record(run_id, b, m, variant, acc[variant])
+            store.record(run_id, b, m, variant, acc[variant], recipe=_demo_recipe(variant, cfg), accuracy_n=len(splits.test.y))
             results.append(VariantResult(variant, acc[variant], str(b.path), m.p50_ms, m.p99_ms,
                                          b.manifest["model"]["size"], m.reference_passed))
             report(progress, "bench", i + 1, len(bundles))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,12 +23,16 @@ from kit.fleet.bench import BenchOptions, bench
 from kit.package.bundle import Bundle
 from kit.progress import ProgressFn, report
 from kit.recipes import Recipe, available_recipes, load_recipe
-from kit.recipes.apply import apply_recipe
+from kit.recipes.apply import AppliedRecipe, apply_recipe
 from kit.results.store import ResultsStore
 
 # (field, direction): the objectives of the front. Energy joins only when every candidate has it.
 OBJECTIVES = (("p50_ms", "min"), ("size_bytes", "min"), ("accuracy", "max"))
 _HOST_KINDS = {"x86_64": "x86-64", "amd64": "x86-64"}
+# Short kinds people write in inventories (`edgekit devices add --kind rpi5`) -> recipe device kinds.
+KIND_ALIASES = {"rpi4": "raspberry-pi-4", "pi4": "raspberry-pi-4", "rpi5": "raspberry-pi-5", "pi5": "raspberry-pi-5",
+                "jetson": "jetson-orin-nano", "jetson-orin": "jetson-orin-nano", "orin-nano": "jetson-orin-nano",
+                "android": "android-arm64", "x86_64": "x86-64", "amd64": "x86-64"}
 
 
 @dataclass
@@ -43,7 +48,8 @@ class Candidate:
     p99_ms: float | None = None
     energy_mj: float | None = None
     reference_passed: bool | None = None
-    reused: bool = False
+    reused: bool = False  # the measurement came from the results store
+    built_from_cache: bool = False  # the bundle came from the build cache
     measurement_id: int | None = None
     model_sha256: str | None = None
     bundle_path: str | None = None
@@ -80,22 +86,28 @@ class SearchResult:
 def device_kind(device) -> str | None:
     """The recipe `device` kind a device answers to: the inventory entry's kind, or the host's for `local`."""
     entry = getattr(device, "entry", None)
-    if entry is not None and getattr(entry, "kind", None):
-        return entry.kind
+    if entry is not None and getattr(entry, "kind", None) and entry.kind != "linux":
+        return KIND_ALIASES.get(entry.kind, entry.kind)
     if getattr(device, "name", None) == "local":
         return _HOST_KINDS.get(platform.machine().lower())
     return getattr(device, "kind", None)
 
 
-def candidates_for(kind: str | None, overrides: list[str] = ()) -> list[Recipe]:
+def load_candidate(name_or_path, overrides: list[str] = (), quick: bool = False) -> Recipe:
+    """A recipe as a search candidate; `quick` first applies the recipe's own smoke overrides
+    (small inputs, short training) so a trial run takes minutes, not hours."""
+    recipe = load_recipe(name_or_path)
+    return load_recipe(name_or_path, [*(recipe.smoke if quick else []), *overrides]) if (quick or overrides) else recipe
+
+
+def candidates_for(kind: str | None, overrides: list[str] = (), quick: bool = False) -> list[Recipe]:
     """Every recipe found whose `device` is `kind`."""
     if not kind:
         raise EdgeKitError("cannot tell which recipes suit this device (no kind); pass the recipes to try with --recipe")
     recipes = []
     for name, path in sorted(available_recipes().items()):
-        r = load_recipe(path, overrides)
-        if r.device == kind:
-            recipes.append(r)
+        if load_recipe(path).device == kind:
+            recipes.append(load_candidate(path, overrides, quick))
     if not recipes:
         raise EdgeKitError(f"no recipe targets device kind {kind!r}; write one (see 'edgekit recipes list') or pass --recipe")
     return recipes
@@ -142,6 +154,36 @@ def pareto_front(points: list[dict], objectives: list[tuple[str, str]]) -> list[
     return flags
 
 
+def _apply(recipe: Recipe, model, splits: Splits, out_dir: Path, *, teacher, baseline: float | None, name: str,
+           use_cache: bool, progress: ProgressFn) -> tuple[AppliedRecipe, bool]:
+    """apply_recipe, through the content-addressed build cache (kit.cache) when asked: the key
+    covers the model's weights, the recipe's chain and target, the data, the teacher and the
+    signing key, so a hit is the very bundle this call would build. Returns (applied, hit)."""
+    if not use_cache:
+        return apply_recipe(recipe, model, splits, out_dir, teacher=teacher, baseline_accuracy=baseline, name=name,
+                            progress=progress), False
+    from kit.cache import build_key, cached, hash_arrays, hash_module
+    from kit.package.signing import key_id
+
+    key = build_key(kind="recipe-search", model=hash_module(model), teacher=hash_module(teacher) if teacher else None,
+                    recipe=recipe.model_dump(mode="json", include={"runtime", "format", "input", "compress", "budget"}),
+                    data=hash_arrays(splits.train.x, splits.train.y, splits.calib.x, splits.test.x, splits.test.y),
+                    name=name, signing_key=key_id())
+
+    def produce(folder: Path) -> None:
+        applied = apply_recipe(recipe, model, splits, folder / "bundle", teacher=teacher, baseline_accuracy=baseline,
+                               name=name, progress=progress)
+        (folder / "applied.json").write_text(json.dumps(asdict(applied)))
+
+    folder, hit = cached(key, produce)
+    applied = AppliedRecipe(**json.loads((folder / "applied.json").read_text()))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.copytree(folder / "bundle", out_dir)
+    applied.bundle_path = str(out_dir)
+    applied.recipe = recipe.name
+    return applied, hit
+
+
 def _judge(c: Candidate, recipe: Recipe, budget: float | None) -> None:
     reasons = []
     if c.error:
@@ -160,11 +202,12 @@ def _judge(c: Candidate, recipe: Recipe, budget: float | None) -> None:
 
 def search(model, data: str | Splits, device, candidates: list[Recipe], *, store: ResultsStore, out_dir: str | Path,
            budget_top1_drop: float | None = 1.0, teacher=None, model_name: str = "model", seed: int = 0,
-           progress: ProgressFn = None, step: Callable[[str], None] | None = None) -> SearchResult:
+           cache: bool = True, progress: ProgressFn = None, step: Callable[[str], None] | None = None) -> SearchResult:
     """Try each candidate recipe on `device`; return every candidate with the front and the choice.
 
     `data` is a data spec for kit.data.load_data (loaded at each recipe's input size) or ready Splits.
     `budget_top1_drop` (points) overrides each recipe's own accuracy budget for the choice.
+    `cache`: reuse compressed bundles from kit.cache (measurements are reused from `store` either way).
     """
     if not candidates:
         raise EdgeKitError("recipe search needs at least one candidate recipe")
@@ -197,8 +240,9 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
             if size not in baseline:
                 baseline[size] = accuracy(torch_predictor(model), splits.test) if splits.test.y is not None else None
             result.baseline_accuracy = baseline[size]
-            applied = apply_recipe(recipe, model, splits, out_dir / recipe.name, teacher=teacher,
-                                   baseline_accuracy=baseline[size], name=model_name, progress=progress)
+            applied, c.built_from_cache = _apply(recipe, model, splits, out_dir / recipe.name, teacher=teacher,
+                                                 baseline=baseline[size], name=model_name, use_cache=cache,
+                                                 progress=progress)
             c.accuracy, c.top1_drop, c.size_bytes = applied.accuracy, applied.top1_drop, applied.size_bytes
             c.model_sha256, c.bundle_path = applied.model_sha256, applied.bundle_path
             known = find_measurement(store, applied.model_sha256, device.name, recipe.threads)

@@ -120,7 +120,8 @@ def _mutate(key, space: StudentSpace, rng: random.Random):
 
 def student_search(teacher: torch.nn.Module, data: str | Splits, device, *, store: ResultsStore,
                    space: StudentSpace | None = None, strategy: str = "grid", time_budget_s: float = 600.0,
-                   max_candidates: int | None = None, latency_budget_ms: float | None = None, distill_epochs: int = 1,
+                   max_candidates: int | None = None, latency_budget_ms: float | None = None, distill_epochs: int = 2,
+                   distill_lr: float = 5e-3, distill_batch_size: int = 32,
                    threads: int = 1, runs: int = 20, seed: int = 0, work_dir: str | Path | None = None,
                    progress: ProgressFn = None, step: Callable[[str], None] | None = None) -> StudentSearchResult:
     """Search MobileNet students for `device`; return every candidate tried, the front and the choice."""
@@ -175,7 +176,8 @@ def student_search(teacher: torch.nn.Module, data: str | Splits, device, *, stor
             return c
         step(f"{name}: distillation ({distill_epochs} epoch{'s' if distill_epochs != 1 else ''})")
         student = distill(teacher, student, splits.train,
-                          Distill(train=TrainConfig(epochs=distill_epochs, seed=seed)), progress)
+                          Distill(train=TrainConfig(epochs=distill_epochs, lr=distill_lr, batch_size=distill_batch_size,
+                                                    seed=seed)), progress)
         c.accuracy = accuracy(torch_predictor(student), splits.test) if splits.test.y is not None else None
         c.trained = True
         result.trained += 1

@@ -47,8 +47,9 @@ def emulated_pi(tmp_path_factory, pi_signing_keys):
     if reason:
         print(f"SKIP emulated Pi: {reason}")
         pytest.skip(f"emulated Pi: {reason}")
-    from kit.fleet.emulate import start_pi, stop_pi
+    from kit.fleet.emulate import BINFMT_DIR, BINFMT_NAME, running, start_pi, stop_pi
 
+    handler_before = (BINFMT_DIR / BINFMT_NAME).exists()
     name = f"pi-test-{os.getpid()}"
     inventory = tmp_path_factory.mktemp("pi-inventory") / "devices.yaml"
     pi = start_pi(name, inventory=inventory, trusted_keys=[pi_signing_keys[1]])
@@ -56,3 +57,6 @@ def emulated_pi(tmp_path_factory, pi_signing_keys):
         yield pi
     finally:
         stop_pi(name)
+    assert not os.path.exists(pi.run_dir), f"{pi.run_dir} left behind"
+    if not handler_before and not running():  # the last Pi out must undo the binfmt registration
+        assert not (BINFMT_DIR / BINFMT_NAME).exists(), "binfmt handler qemu-aarch64 left registered"

@@ -167,9 +167,28 @@ def netns_refusal() -> str | None:
     return None
 
 
+def sweep_stale_namespaces() -> None:
+    """Remove namespaces an earlier, SIGKILLed test run of ours left behind (its pid is gone)."""
+    import re
+    import signal
+
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for line in listing.splitlines():
+        m = re.match(r"^(ekns(\d+)x\d+)\b", line.strip())
+        if not m or Path(f"/proc/{m.group(2)}").exists():
+            continue
+        pids = subprocess.run(["ip", "netns", "pids", m.group(1)], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", m.group(1)], capture_output=True)
+
+
 @pytest.fixture
 def netns_ok():
     why = netns_refusal()
+    if not why:
+        sweep_stale_namespaces()
     if why:
         print(f"SKIP network-namespace fault test: {why}")
         pytest.skip(why)
@@ -181,7 +200,7 @@ class NetnsLink:
     def __init__(self):
         n = (os.getpid() % 200) + next(_counter) * 7 % 50
         self.n = n % 250 + 1
-        tag = f"{os.getpid() % 100000}x{next(_counter)}"
+        tag = f"{os.getpid()}x{next(_counter)}"  # pid first: a stale namespace names its (dead) creator
         self.ns = f"ekns{tag}"
         self.host_if, self.ns_if = f"ekh{tag}"[:15], f"ekd{tag}"[:15]
         self.host_addr, self.ns_addr = f"10.213.{self.n}.1", f"10.213.{self.n}.2"

@@ -10,8 +10,10 @@ API (other areas: fleet, emulated Pi, ... use these):
         entry.home = a fresh folder unless `home` is given). Everything is stopped by PID when
         the test ends, pass or fail.
         forced_command=True pins the returned entries' key to the forced-command agent
-        (device_agents/forced.py) with `restrict,command="..."`; a string is used as the command
-        itself. The server's unrestricted enrolment key stays available: server.entry(forced=False).
+        (device_agents/forced.py) with kit.fleet.transport.authorized_keys_line(); a string is
+        used as the command itself. The unrestricted enrolment key stays available as
+        server.entry(forced=False): push the agent with it once (SshDevice.ensure_agent()); the
+        forced entry then benches and receives bundles, but has no SFTP and no shell.
     sshd_factory_module   the same callable, module-scoped (share one server across a module).
     sshd_device           a module-scoped DeviceEntry on its own sshd (the common case).
     sshd_factory.servers[name] / sshd_factory.server(entry) -> SshdServer, for fault injection:
@@ -98,8 +100,13 @@ class SshdServer:
         self.forced_key: Path | None = None
         if forced_command:
             self.forced_key = keygen(self.dir / "forced_ed25519", f"{name}-forced")
-            cmd = forced_command if isinstance(forced_command, str) else self.forced_command_line()
-            self.add_key(self._pub(self.forced_key), forced_command=cmd)
+            if isinstance(forced_command, str):
+                self.add_key(self._pub(self.forced_key), forced_command=forced_command)
+            else:  # the line the kit documents for the hardened set-up, used as is
+                from kit.fleet.transport import authorized_keys_line
+
+                with open(self.authorized_keys, "a") as f:
+                    f.write(authorized_keys_line(self._pub(self.forced_key), python=self.python, home=str(self.home)) + "\n")
         self.known_hosts = self.dir / "known_hosts"
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {self._pub(self.host_key)}\n")
         self.config = self.dir / "sshd_config"
@@ -113,12 +120,6 @@ class SshdServer:
     @staticmethod
     def _pub(key: Path) -> str:
         return " ".join(Path(str(key) + ".pub").read_text().split()[:2])
-
-    def forced_command_line(self) -> str:
-        from device_agents import AGENT_VERSION
-
-        return (f"env EDGEKIT_HOME={self.home} PYTHONPATH={self.home}/agent/{AGENT_VERSION} "
-                f"{self.python} -m device_agents.forced")
 
     def add_key(self, public_key_line: str, forced_command: str | None = None) -> None:
         prefix = f'restrict,command="{forced_command}" ' if forced_command else ""

@@ -125,6 +125,9 @@ def test_slow_profile_and_cleanup(emulated_pi, pi_signing_keys, tmp_path):
         assert str(pi.pid) in (cg / "cgroup.procs").read_text().split()
         with SshDevice(pi.entry(), trusted_keys=[pi_signing_keys[1]]) as dev:
             assert dev.run_agent(["info"], timeout=600)["result"]["arch"] == "aarch64"
+        # The quota bit: the agent's aarch64 python (a session under sshd) was throttled by it.
+        stat = dict(line.split() for line in (cg / "cpu.stat").read_text().splitlines())
+        assert int(stat.get("nr_throttled", 0)) > 0
         assert {p.name for p in running()} >= {name, emulated_pi.name}
     finally:
         assert stop_pi(name) is True

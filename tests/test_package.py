@@ -122,3 +122,17 @@ def test_manifest_is_canonical_and_signed_bytes_are_the_file(onnx_bundle):
     assert raw == canonical_json(json.loads(raw))
     sig = json.loads((onnx_bundle.path / "manifest.sig").read_bytes())
     assert sig["algorithm"] == "ed25519" and sig["key_id"] == onnx_bundle.manifest["signer"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["teacher", "--target", "onnx", "--expires", "tomorrow"], "30d"),
+    (["teacher", "--target", "tflite"], "executorch, onnx, ort"),
+    (["teacher", "--target", "onnx", "--optimize", "all"], "basic, extended"),
+    (["teacher", "--target", "onnx", "--input-shape", "1,x"], "1,1,32,32"),
+    (["model.onnx", "--target", "executorch"], "expects .pte"),
+])
+def test_bad_package_arguments_are_one_line(args, needle, tmp_path, capsys):
+    assert main(["package", *args, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "b").exists()

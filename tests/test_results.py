@@ -78,6 +78,10 @@ def _make_v1_store(path, real_row: dict, manifest: dict) -> None:
         db.execute("INSERT INTO devices (name, info_json) VALUES (?, ?)", ("pi5", json.dumps({"arch": "aarch64", "emulated": True})))
         db.execute("INSERT INTO devices (name, info_json) VALUES (?, ?)", ("local", None))
         db.execute("INSERT INTO runs (started, kind, note) VALUES (1700000000.0, 'demo', 'v1 run')")
+        # kit/fleet/rollout_state.py creates its tables on a v1 store itself: v2 must accept them.
+        db.execute("CREATE TABLE rollouts (id INTEGER PRIMARY KEY, bundle_id TEXT NOT NULL, model_name TEXT NOT NULL, "
+                   "group_name TEXT NOT NULL, started REAL NOT NULL, finished REAL, status TEXT NOT NULL, options_json TEXT)")
+        db.execute("INSERT INTO rollouts (bundle_id, model_name, group_name, started, status) VALUES ('b1', 'tiny', 'pis', 1.0, 'succeeded')")
         for device_id in (1, 2):
             db.execute("INSERT INTO measurements (run_id, artifact_id, device_id, created, threads, p50_ms, p90_ms, p99_ms, mean_ms, "
                        "std_ms, cv, runs, load_ms, first_inference_ms, peak_rss_mb, reference_passed, accuracy, power_json, "
@@ -111,6 +115,7 @@ def test_migration_from_v1_keeps_every_row_and_backfills(filled_store, tmp_path)
         assert local["energy_mj"] is None and local["throttled"] is None
         assert pi5["recipe_name"] == "pi5-int8" and json.loads(pi5["recipe_json"])["compress"] == [{"method": "quantize"}]
         assert [m["name"] for m in s.db.execute("SELECT name FROM models")] == ["tiny"]
+        assert [tuple(r) for r in s.db.execute("SELECT bundle_id, status FROM rollouts")] == [("b1", "succeeded")]
         assert s.db.execute("SELECT model_id FROM artifacts").fetchone()[0] == 1
         # and the migrated store keeps working: new rows, lookups
         assert s.find_measurement(manifest["model"]["sha256"], "pi5", 1)["id"] == pi5["id"]
@@ -124,10 +129,10 @@ def test_failed_migration_leaves_the_v1_file_untouched(filled_store, tmp_path):
     path = tmp_path / "v1.db"
     _make_v1_store(path, real, json.loads(real["manifest_json"]))
     db = sqlite3.connect(path)
-    db.execute("CREATE TABLE rollouts (x)")  # a user's own table in the way of v2's DDL
+    db.execute("CREATE TABLE measurements_by_run (x)")  # a user's table in the way of v2's last statement
     db.commit()
     db.close()
-    with pytest.raises(EdgeKitError, match="rollouts already exists"):
+    with pytest.raises(EdgeKitError, match="already a table named measurements_by_run"):
         ResultsStore(path)
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA user_version").fetchone()[0] == 1
@@ -303,7 +308,10 @@ def _cli(capsys, *argv):
     return code, out, err
 
 
-def test_cli_results_compare_report(filled_store, tmp_path, capsys):
+def test_cli_results_compare_report(filled_store, tmp_path, capsys, monkeypatch):
+    from kit.cli import _ui
+
+    monkeypatch.setattr(_ui.stdout, "_width", 200)  # tables unfolded, whatever the test terminal is
     db = str(filled_store.path)
     code, out, _ = _cli(capsys, "results", "list", "--results", db)
     assert code == 0 and "results tests" in out and "pi5-emulated" in out

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import secrets
+import tarfile
+from pathlib import Path
 
 import paramiko
 import pytest
@@ -20,11 +24,10 @@ FAST = Deadlines(connect_s=10, command_s=30, io_idle_s=10, transfer_s=30)
 def forced_device(sshd_factory_module, onnx_bundle):
     entry, = sshd_factory_module(1, forced_command=True)
     admin = sshd_factory_module.server(entry).entry(forced=False)
-    with SshDevice(admin, deadlines=FAST) as dev:  # enrolment key: installs the agent, stages the bundle
+    with SshDevice(admin, deadlines=FAST) as dev:  # enrolment key: installs the agent (code) only
         dev.ensure_agent()
-        remote = dev.stage_bundle(onnx_bundle.path)
     with SshDevice(entry, deadlines=FAST) as dev:
-        yield dev, remote
+        yield dev, f"{entry.home}/bundles/{onnx_bundle.bundle_id}"
 
 
 def _raw(dev: SshDevice, command: str) -> dict:
@@ -34,14 +37,64 @@ def _raw(dev: SshDevice, command: str) -> dict:
     return doc
 
 
-def test_forced_key_benches_a_staged_bundle(forced_device, onnx_bundle):
+def test_forced_key_pushes_and_benches(forced_device, onnx_bundle):
     dev, remote = forced_device
     assert dev.entry.forced_command
     assert dev.run_agent(["info"], timeout=60)["ok"]
+    sent = []
+    assert dev.stage_bundle(onnx_bundle.path, progress=lambda *a: sent.append(a)) == remote  # tar over `receive`
+    assert sent and sent[-1][1] == sent[-1][2] > 0
+    for name in onnx_bundle.manifest["files"]:
+        assert Path(remote, name).read_bytes() == (onnx_bundle.path / name).read_bytes()
+    assert not list(Path(remote).parent.joinpath(".incoming").iterdir())
+    again = []
+    assert dev.stage_bundle(onnx_bundle.path, progress=lambda *a: again.append(a)) == remote
+    assert again == []  # `have` found the same content digest: nothing sent
     m = bench(dev, onnx_bundle, BenchOptions(runs=5, warmup=1))
     assert m.reference_passed and m.runs == 5 and m.raw["bundle_id"] == onnx_bundle.bundle_id
-    with pytest.raises(EdgeKitError, match="allows no file transfer"):
+    with pytest.raises(EdgeKitError, match="allows no SFTP"):
         dev.sftp()
+
+
+def _tar(members: dict[str, bytes], link: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        if link:
+            info = tarfile.TarInfo(link)
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["wrong_sha256", "wrong_digest", "symlink", "escape", "truncated"])
+def test_forced_receive_refuses_bad_transfers(forced_device, case):
+    dev, remote = forced_device
+    home = Path(remote).parent.parent
+    files = {"manifest.json": b"{}", "model.onnx": b"x" * 1000}
+    data = _tar(files, link="evil" if case == "symlink" else None)
+    if case == "escape":
+        data = _tar({"../../outside.txt": b"pwned"})
+    digest = "0" * 64
+    if case != "wrong_digest":
+        h = hashlib.sha256()
+        for rel in sorted(files):
+            h.update(f"{rel}\0{hashlib.sha256(files[rel]).hexdigest()}\0{len(files[rel])}\n".encode())
+        digest = h.hexdigest()
+    sha = "f" * 64 if case == "wrong_sha256" else hashlib.sha256(data).hexdigest()
+    size = len(data) + (100 if case == "truncated" else 0)
+    code, out, _ = dev.exec(f"receive --bundle-id evil-{case} --digest {digest} --size {size} --sha256 {sha}",
+                            timeout=60, stdin=data)
+    doc = json.loads(out.decode().strip().splitlines()[-1])
+    expected = {"wrong_sha256": "hash_mismatch", "wrong_digest": "hash_mismatch", "symlink": "bad_bundle",
+                "escape": "transfer_failed", "truncated": "truncated"}[case]
+    assert code == 1 and doc["error"]["code"] == expected, doc
+    assert not (home / "bundles" / f"evil-{case}").exists()
+    assert not [p for p in (home / "bundles" / ".incoming").iterdir() if p.name.startswith(f"evil-{case}")]
+    assert not (home.parent / "outside.txt").exists() and not (home / "outside.txt").exists()
 
 
 @pytest.mark.parametrize("command, code", [

@@ -98,8 +98,11 @@ def register(app: typer.Typer) -> None:
             rt = Table(title=f"run {v.run_id} vs baseline run {v.baseline_run_id}")
             for col in ("variant", "metric", "baseline", "current", "change", "verdict"):
                 rt.add_column(col)
+            def fmt(x):
+                return f"{x:.4g}" if isinstance(x, float) else str(x)
+
             for r in v.rows:
-                rt.add_row(r.key if isinstance(r.key, str) else str(r.key), r.metric, str(r.baseline), str(r.current),
+                rt.add_row(r.key if isinstance(r.key, str) else str(r.key), r.metric, fmt(r.baseline), fmt(r.current),
                            "" if r.change is None else f"{r.change:.3f}", ("[red]" if r.regressed else "") + r.verdict)
             stdout.print(rt)
             if v.regressed:

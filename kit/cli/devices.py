@@ -87,9 +87,9 @@ def register(app: typer.Typer) -> None:
         for r in results:
             if r.ok:
                 info = r.info or {}
-                rts = ", ".join(f"{k} {v.get('version', '')}" if isinstance(v, dict) else str(k)
+                rts = ", ".join(f"{k} {v.get('version', '') if isinstance(v, dict) else v}"
                                 for k, v in (info.get("runtimes") or {}).items()
-                                if not isinstance(v, dict) or v.get("available", True))
+                                if v and (not isinstance(v, dict) or v.get("available", True)))
                 table.add_row(r.name, "[green]ok", f"{r.seconds:.1f}", str(info.get("arch")), str(info.get("cores")),
                               str(info.get("ram_mb")), rts)
             else:

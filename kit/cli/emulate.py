@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         """Stop the emulated Pi and undo what start made (processes, mounts, binfmt handler, cgroup, inventory entry)."""
         from kit.fleet.emulate import stop_pi
 
-        stdout.print(f"{name}: stopped" if stop_pi(name) else f"{name}: was not running (leftovers cleaned)")
+        stdout.print(f"{name}: stopped" if stop_pi(name) else f"{name}: not running (nothing left to clean)")
 
     @pi.command("status")
     def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")):

@@ -75,7 +75,16 @@ def register(app: typer.Typer) -> None:
         shape = _shape(input_shape)
         from kit.package.signing import load_private_key
 
-        load_private_key(key)  # no key: say so before minutes of export
+        load_private_key(key)  # no key, bad --expires, wrong file type: say so before minutes of export
+        from kit.package import FORMATS, OPT_LEVELS
+        from kit.package.bundle import parse_expires
+
+        parse_expires(expires)
+        if optimize is not None and optimize not in OPT_LEVELS:
+            raise EdgeKitError(f"--optimize {optimize!r}: choose one of {', '.join(OPT_LEVELS)}")
+        if Path(model).suffix in (".pte", ".onnx", ".ort") and Path(model).suffix not in FORMATS[target]:
+            raise EdgeKitError(f"{model}: a {Path(model).suffix} file cannot be packaged for --target {target} "
+                               f"(expects {' or '.join(FORMATS[target])})")
         preprocessing = None
         if data:
             from kit.data import load_data

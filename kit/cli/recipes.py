@@ -80,6 +80,7 @@ def register(app: typer.Typer) -> None:
         budget_top1_drop: float = typer.Option(1.0, "--budget-top1-drop", min=0.0, help="Max top-1 drop (points)."),
         recipe: List[str] = typer.Option([], "--recipe", "-r", help="Candidate recipe (repeat); default: all for the device's kind."),
         set_: List[str] = typer.Option([], "--set", help="Override a field in every candidate: key=value."),
+        quick: bool = typer.Option(False, "--quick", help="Use each recipe's smoke overrides (small inputs, short training)."),
         out: Path = typer.Option(Path("edgekit-search"), "--out", "-o", help="Folder for bundles, front.json and front.png."),
         results: Optional[Path] = typer.Option(None, "--results", help="Results store (default: $EDGEKIT_RESULTS or config)."),
         inventory: Optional[Path] = typer.Option(None, "--inventory", help="Device inventory file."),
@@ -88,14 +89,14 @@ def register(app: typer.Typer) -> None:
     ):
         """Try candidate recipes on a device, print the Pareto front and the recipe chosen within budget."""
         from kit.config import results_path
-        from kit.recipes import load_recipe
         from kit.results.store import ResultsStore
-        from kit.search import candidates_for, device_kind, plot_front, search
+        from kit.search import candidates_for, device_kind, load_candidate, plot_front, search
 
         net = _load_model(model, weights)
         teacher_net = _load_model(teacher, None) if teacher else None
         with _open_device(device, inventory) as dev, ResultsStore(results or results_path()) as store:
-            candidates = [load_recipe(r, set_) for r in recipe] if recipe else candidates_for(device_kind(dev), set_)
+            candidates = ([load_candidate(r, set_, quick) for r in recipe] if recipe
+                          else candidates_for(device_kind(dev), set_, quick))
             with progress_bars() as (progress, step):
                 result = search(net, data, dev, candidates, store=store, out_dir=out / "bundles",
                                 budget_top1_drop=budget_top1_drop, teacher=teacher_net, model_name=Path(model).stem,
@@ -137,7 +138,7 @@ def register(app: typer.Typer) -> None:
         max_candidates: Optional[int] = typer.Option(None, "--max-candidates", min=1),
         latency_budget_ms: Optional[float] = typer.Option(None, "--latency-budget-ms", min=0.0,
                                                           help="Skip training students slower than this on the device."),
-        epochs: int = typer.Option(1, "--epochs", min=1, help="Distillation epochs per candidate."),
+        epochs: int = typer.Option(2, "--epochs", min=1, help="Distillation epochs per candidate."),
         train_teacher: int = typer.Option(3, "--train-teacher", min=0, help="Epochs to train the teacher first (0: as loaded)."),
         weights: Optional[Path] = typer.Option(None, "--weights"),
         results: Optional[Path] = typer.Option(None, "--results"),

@@ -42,7 +42,7 @@ def _measurements_table(rows: list[dict], title: str) -> Table:
     energy = any(r.get("energy_mj") is not None for r in rows)
     table = Table(title=escape(title))
     for col in ("id", "run", "variant", "device", "runtime", "thr", "KiB", "top-1", "p50 ms", "p99 ms", "cv") + (("mJ",) if energy else ()) + ("ref",):
-        table.add_column(col, justify="left" if col in ("variant", "device", "runtime") else "right")
+        table.add_column(col, justify="left" if col in ("variant", "device", "runtime") else "right", overflow="fold")
     for r in rows:
         acc = r["accuracy"] if r["accuracy"] is not None else r.get("artifact_accuracy")
         table.add_row(str(r["id"]), str(r["run_id"]), escape(r["variant"] or r["sha256"][:12]),
@@ -72,10 +72,10 @@ def register(app: typer.Typer) -> None:
                 return
             table = Table(title=f"runs in {store.path}")
             for col in ("run", "started", "kind", "measurements", "devices", "note"):
-                table.add_column(col, justify="right" if col in ("run", "measurements") else "left")
+                table.add_column(col, justify="right" if col in ("run", "measurements") else "left", overflow="fold")
             for r in runs:
                 table.add_row(str(r["id"]), _when(r["started"]), escape(r["kind"]), str(r["measurements"]),
-                              escape(r["devices"] or ""), escape(r["note"] or ""))
+                              escape((r["devices"] or "").replace(",", ", ")), escape(r["note"] or ""))
             stdout.print(table)
 
     @results_app.command("show")

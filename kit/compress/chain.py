@@ -105,7 +105,7 @@ def _predictor(model, workers: dict):
         with torch.no_grad():
             return module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
 
-    return run, (1 if isinstance(model, QuantizedModel) else 64)
+    return run, (64 if not isinstance(model, QuantizedModel) or model.batch_dynamic else 1)
 
 
 def _measure(model, ref_out: np.ndarray, data: Dataset, input_shape) -> dict:
@@ -147,7 +147,13 @@ def _with_baseline(config: Distill, teacher: nn.Module, student: nn.Module, spli
     info = {"student_params": sum(p.numel() for p in trained.parameters())}
     if config.baseline and eval_data.y is not None:
         # Same student, same data, same epochs and seed, labels only: what the teacher added.
-        alone = train(untrained, splits.train, config.train, progress)
+        cfg = config.train
+        if config.transfer_samples:
+            # Labels only exist for max_samples images: give the baseline as many optimiser steps.
+            n_lab = min(len(splits.train), cfg.max_samples)
+            n_all = min(len(splits.train), n_lab + config.transfer_samples)
+            cfg = dataclasses.replace(cfg, epochs=max(1, round(cfg.epochs * n_all / n_lab)))
+        alone = train(untrained, splits.train, cfg, progress)
         run = lambda m: outputs(_predictor(m, {})[0], eval_data, 64)  # noqa: E731
         info["top1_with_teacher"] = round(top1(run(trained), eval_data.y), 4)
         info["top1_without_teacher"] = round(top1(run(alone), eval_data.y), 4)
@@ -199,11 +205,10 @@ def run_chain(model: nn.Module, steps: list[dict], splits: Splits, *, budget_top
             current = quantize(current, cfg, splits.calib if name == "quantize" else None, input_shape)
             info["skip_layers"] = list(cfg.skip_layers)
             info["quantized_ops"] = current.quantized_ops
-            info["worst_layers_sqnr"] = per_layer_sqnr(current, splits.calib)[:8]
+            info["worst_layers_sqnr"] = per_layer_sqnr(current, splits.calib, max_samples=4)[:8]
         elif name == "qat":
             current = qat(current, cfg, splits.train, progress)
             info["quantized_ops"] = current.quantized_ops
-            info["worst_layers_sqnr"] = per_layer_sqnr(current, splits.calib)[:8]
         elif name in ("ort_quantize", "ort_quantize_dynamic"):
             from kit.package.onnx import export_onnx
 

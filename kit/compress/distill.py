@@ -67,6 +67,9 @@ class Distill:
     hint_student_layer: str | None = None
     hint_weight: float = 1.0
     baseline: bool = True
+    # Extra training images used without their labels (teacher soft targets only), beyond the first
+    # `max_samples` labelled ones: distillation's edge when labels are scarce but images are not.
+    transfer_samples: int = 0
     # Flat shortcuts for recipes (override the matching `train` fields when given).
     epochs: int | None = None
     lr: float | None = None
@@ -83,6 +86,10 @@ class Distill:
             raise EdgeKitError(f"distill alpha={self.alpha}: choose a value between 0 and 1")
         if self.temperature <= 0:
             raise EdgeKitError(f"distill temperature={self.temperature}: must be > 0")
+        if self.transfer_samples < 0:
+            raise EdgeKitError(f"distill transfer_samples={self.transfer_samples}: must be >= 0")
+        if self.transfer_samples and self.train.max_samples is None:
+            raise EdgeKitError("distill transfer_samples needs max_samples (how many samples keep their labels)")
         if (self.hint_teacher_layer is None) != (self.hint_student_layer is None):
             raise EdgeKitError("distill hint: give both hint_teacher_layer and hint_student_layer, or neither")
 
@@ -192,13 +199,23 @@ def distill(teacher: nn.Module, student: nn.Module, data: Dataset, config: Disti
             t_logits = teacher(x)
         s_logits = m(x)
         soft = F.kl_div(F.log_softmax(s_logits / T, 1), F.softmax(t_logits / T, 1), reduction="batchmean") * T * T
-        loss = a * soft + (1 - a) * F.cross_entropy(s_logits, y)
+        labelled = y >= 0  # transfer samples carry label -1: soft targets only
+        hard = F.cross_entropy(s_logits[labelled], y[labelled]) if bool(labelled.any()) else s_logits.sum() * 0.0
+        loss = a * soft + (1 - a) * hard
         if adapter is not None:
             loss = loss + config.hint_weight * F.mse_loss(adapter(hooks[1].value), hooks[0].value.detach())
         return loss
 
+    cfg = config.train
+    if config.transfer_samples:
+        n_lab = min(len(data), cfg.max_samples)
+        n_all = min(len(data), n_lab + config.transfer_samples)
+        y = data.y[:n_all].copy()
+        y[n_lab:] = -1
+        data = Dataset(data.x[:n_all], y)
+        cfg = dataclasses.replace(cfg, max_samples=n_all)
     try:
-        return train_loop(student, data, config.train, loss_fn, "distill", progress,
+        return train_loop(student, data, cfg, loss_fn, "distill", progress,
                           extra_params=list(adapter.parameters()) if adapter is not None else ())
     finally:
         for h in hooks:

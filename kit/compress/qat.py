@@ -62,7 +62,6 @@ def qat(model: nn.Module, config: QAT, data: Dataset, progress: ProgressFn = Non
     model = copy.deepcopy(model)
     sample = torch.from_numpy(data.x[:2].copy())
     graph = _export_trainable(model, sample)
-    float_graph = copy.deepcopy(graph)
     quantizer = xnnpack_quantizer(xnnpack_config(config.per_channel, qat=True), config.skip_layers)
     prepared = prepare(graph, quantizer, name, qat=True)
 
@@ -71,5 +70,7 @@ def qat(model: nn.Module, config: QAT, data: Dataset, progress: ProgressFn = Non
                set_train=move_exported_model_to_train, set_eval=move_exported_model_to_eval)
     converted = convert(prepared, name, "qat")
     example = (torch.zeros((1, *data.x.shape[1:]), dtype=torch.float32),)
-    return QuantizedModel(module=converted, example_input=example, config=config, float_graph=float_graph,
-                          quantized_ops=count_quantize_ops(converted))
+    # float_graph is the model before fine-tuning, so per-layer SQNR against it would mix training
+    # changes into the quantization error: left out for QAT.
+    return QuantizedModel(module=converted, example_input=example, config=config, float_graph=None,
+                          quantized_ops=count_quantize_ops(converted), batch_dynamic=True)

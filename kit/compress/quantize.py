@@ -58,6 +58,7 @@ class QuantizedModel:
     config: object
     float_graph: nn.Module | None = None  # the exported float graph before prepare (for per-layer SQNR)
     quantized_ops: int = 0  # number of quantize ops inserted
+    batch_dynamic: bool = False  # True: the graph accepts any batch size (host evaluation can batch)
 
     def __call__(self, x):
         return self.module(x)
@@ -112,8 +113,18 @@ def check_layer_names(model: nn.Module, names, field_name: str) -> None:
 
 
 def export_for_quant(model: nn.Module, example: tuple[torch.Tensor, ...]):
+    """Export with a dynamic batch when the model allows it (batched calibration and evaluation are
+    far quicker), else with the example's fixed shape. Returns (graph module, batch_is_dynamic)."""
+    x = example[0]
     try:
-        return torch.export.export(model.eval(), example, strict=False).module()
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        graph = torch.export.export(model.eval(), (x.expand(2, *x.shape[1:]).contiguous(),),
+                                    dynamic_shapes=({0: batch},), strict=False).module()
+        return graph, True
+    except Exception:
+        pass
+    try:
+        return torch.export.export(model.eval(), example, strict=False).module(), False
     except Exception as e:
         raise EdgeKitError(
             f"torch.export cannot trace {type(model).__name__} ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
@@ -134,18 +145,15 @@ def example_from(calib: Dataset | None, input_shape: tuple[int, ...] | None) -> 
     return (torch.zeros(input_shape, dtype=torch.float32),)
 
 
-def calibrate(prepared: nn.Module, calib: Dataset | None, max_samples: int) -> int:
+def calibrate(prepared: nn.Module, calib: Dataset | None, max_samples: int, batch_size: int = 1) -> int:
     if calib is None or len(calib) == 0:
         raise EdgeKitError("calibration set is empty; static int8 needs calibration samples (--data)")
-    n = 0
+    data = Dataset(calib.x[:max_samples], None)
     with torch.no_grad():
-        for xb, _ in calib.batches(1):
-            # The exported graph has a fixed batch of one, so calibrate sample by sample.
+        # A graph exported with a fixed batch of one is calibrated sample by sample.
+        for xb, _ in data.batches(batch_size):
             prepared(torch.from_numpy(np.ascontiguousarray(xb)))
-            n += 1
-            if n >= max_samples:
-                break
-    return n
+    return len(data)
 
 
 def prepare(graph: nn.Module, quantizer, model_name: str, qat: bool = False):
@@ -180,14 +188,14 @@ def quantize(model: nn.Module, config: Int8Static | Int8Dynamic, calib: Dataset 
     check_layer_names(model, config.skip_layers, "quantize skip_layers")
     qconfig = xnnpack_config(config.per_channel, dynamic=dynamic,
                              observer="histogram" if dynamic else config.observer)
-    graph = export_for_quant(model, example)
+    graph, batch_dynamic = export_for_quant(model, example)
     float_graph = copy.deepcopy(graph)
     prepared = prepare(graph, xnnpack_quantizer(qconfig, config.skip_layers), name)
     if dynamic:
         with torch.no_grad():
             prepared(*example)  # weight observers only record when the graph runs once
     else:
-        calibrate(prepared, calib, config.calib_batches * config.batch_size)
+        calibrate(prepared, calib, config.calib_batches * config.batch_size, config.batch_size if batch_dynamic else 1)
     converted = convert(prepared, name, "dynamic int8" if dynamic else "static int8")
     return QuantizedModel(module=converted, example_input=example, config=config, float_graph=float_graph,
-                          quantized_ops=count_quantize_ops(converted))
+                          quantized_ops=count_quantize_ops(converted), batch_dynamic=batch_dynamic)

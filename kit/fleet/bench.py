@@ -17,8 +17,12 @@ class BenchOptions:
     min_time_s: float = 0.0
     deadline_s: float = 600.0
     power: bool = False
-    max_memory_mb: int | None = None
+    max_memory_mb: int | None = None  # on top of the runtime's own import size (agent default 2048)
+    max_cpu_s: float | None = None
     input_shape: list[int] | None = None
+    cpus: list[int] | None = None  # pin the model to these cores (big.LITTLE: the cores decide the result)
+    idle_s: float | None = None  # idle power measured this long before the run (with power)
+    cooldown_c: float | None = None  # wait until the SoC is this cool before timing
 
     def to_agent_opts(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}

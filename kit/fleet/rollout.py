@@ -163,11 +163,10 @@ def _default_connect(entry):
 class _Session:
     """One device's connection, reopened with backoff when the link fails."""
 
-    def __init__(self, entry, connect, limits: _Limits, opts: RolloutOptions, on_retry=None, stop: threading.Event | None = None):
+    def __init__(self, entry, connect, limits: _Limits, opts: RolloutOptions, on_retry=None):
         self.entry, self.connect, self.limits, self.opts = entry, connect, limits, opts
         self.on_retry = on_retry or (lambda attempt, err: None)
         self.device = None
-        self.stop = stop
 
     @property
     def name(self) -> str:
@@ -325,7 +324,7 @@ class _Runner:
         def on_retry(attempt, err):
             counter[0] += 1
             self.events.put((name, {"attempts": counter[0], "error": f"retry {attempt}: {type(err).__name__}: {str(err)[:160]}"}))
-        return _Session(self.entries[name], self.connect, self.limits, self.opts, on_retry, self.stop)
+        return _Session(self.entries[name], self.connect, self.limits, self.opts, on_retry)
 
     def _current(self, s: _Session) -> dict:
         models = s.agent(["status", "--name", self.rec.model_name], 60)["models"]

@@ -29,6 +29,8 @@ import re
 import secrets
 import shlex
 import socket
+import tarfile
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -109,10 +111,13 @@ def _sha256(path: Path) -> str:
 
 
 def tree_digest(files: list[tuple[str, Path]]) -> tuple[str, dict[str, str]]:
-    """Content address of a folder: sha256 over (name, sha256, size) of every file."""
+    """Content address of a folder: sha256 over (name, sha256, size) of every file, by name.
+
+    device_agents/forced.py computes the same digest for bundles received behind a forced command.
+    """
     shas = {rel: _sha256(p) for rel, p in files}
     h = hashlib.sha256()
-    for rel, p in files:
+    for rel, p in sorted(files):
         h.update(f"{rel}\0{shas[rel]}\0{p.stat().st_size}\n".encode())
     return h.hexdigest(), shas
 
@@ -256,7 +261,10 @@ class SshDevice:
         client, sftp = self._client, self._sftp
         self._client = self._sftp = None
         self._agent_dir = None
-        for closer in (sftp, client):
+        # The client (transport) first: closing it marks paramiko's packetizer closed, which is what
+        # unblocks a writer stuck on a dead link's full send buffer; an SFTP/channel close first
+        # would itself block on that writer's lock (seen with the veth cut mid-push).
+        for closer in (client, sftp):
             if closer is not None:
                 with contextlib.suppress(Exception):
                     closer.close()
@@ -278,7 +286,7 @@ class SshDevice:
 
         def fire():
             expired.set()
-            for closer in (self._sftp, client):
+            for closer in (client, self._sftp):  # transport first: see _hard_close
                 with contextlib.suppress(Exception):
                     closer.close()
 
@@ -316,11 +324,17 @@ class SshDevice:
                 chan.exec_command(command)
                 if stdin is not None:
                     view = memoryview(stdin)
-                    for i in range(0, len(view), 1 << 16):
-                        chan.sendall(view[i:i + (1 << 16)])
-                        if time.monotonic() > end:
-                            raise _DeadlineExpired()
-                    chan.shutdown_write()
+                    try:
+                        for i in range(0, len(view), 1 << 16):
+                            if chan.exit_status_ready():
+                                break  # the device answered (a refusal) without reading everything
+                            chan.sendall(view[i:i + (1 << 16)])
+                            if time.monotonic() > end:
+                                raise _DeadlineExpired()
+                        chan.shutdown_write()
+                    except OSError:
+                        if not chan.exit_status_ready() and not chan.closed:
+                            raise
                 pending = b""
                 while True:
                     got = False
@@ -377,8 +391,8 @@ class SshDevice:
     # --- files -----------------------------------------------------------------------------
     def sftp(self) -> paramiko.SFTPClient:
         if self.entry.forced_command:
-            raise EdgeKitError(f"device {self.name}: is behind the forced-command agent, which allows no file "
-                               f"transfer; stage bundles with the enrolment key (forced_command: false)")
+            raise EdgeKitError(f"device {self.name}: is behind the forced-command agent, which allows no SFTP; "
+                               f"bundles go through stage_bundle (its receive verb), the agent code with the enrolment key")
         if self._sftp is None:
             transport = self._transport()
             with self._deadline(self.deadlines.connect_s, "opening SFTP"):
@@ -475,8 +489,9 @@ class SshDevice:
         incoming = posixpath.join(parent, ".incoming")
         self._makedirs(incoming)
         # A push cut short (killed sshd, dropped link) left <leaf>.*.part here: restart cleanly.
+        stale = re.compile(rf"^{re.escape(leaf)}\.[0-9a-f]{{8}}\.(part|tar\.part|old)$")
         for name in self.sftp().listdir(incoming):
-            if name.startswith(leaf + ".") and (name.endswith(".part") or name.endswith(".old")):
+            if stale.match(name):
                 self._rmtree(posixpath.join(incoming, name))
         total = sum(p.stat().st_size for _, p in files)
         if check_space:
@@ -574,15 +589,46 @@ class SshDevice:
                     f.write(data)
                 sftp.posix_rename(tmp, remote)
 
-    def _find_staged(self, bundle_id: str) -> str:
-        """Behind the forced-command agent nothing can be copied: the bundle must be there already."""
-        doc = self.run_agent(["verify", "--bundle", f"bundles/{bundle_id}"], timeout=self.deadlines.command_s)
-        if not doc.get("ok"):
-            err = doc.get("error") or {}
-            raise EdgeKitError(f"device {self.name}: bundle {bundle_id} is not usable there [{err.get('code')}: "
-                               f"{err.get('message')}]; push it with the enrolment key (an inventory entry without "
-                               f"forced_command) first")
-        return (doc.get("result") or {}).get("path") or f"bundles/{bundle_id}"
+    def _forced_push(self, bundle_path: Path, bundle_id: str, progress: ProgressFn, check_space: bool) -> str:
+        """Behind the forced-command agent there is no SFTP: `have`, then a tar on the `receive` verb's stdin."""
+        files = local_tree(bundle_path)
+        digest, _ = tree_digest(files)
+        label = f"bundle {bundle_id}"
+
+        def agent(args: list[str], timeout: float, stdin: bytes | None = None) -> dict:
+            code, out, err = self.exec(shlex.join(args), timeout, stdin=stdin)
+            lines = out.decode(errors="replace").strip().splitlines()
+            try:
+                doc = json.loads(lines[-1])
+            except (IndexError, json.JSONDecodeError):
+                raise EdgeKitError(f"device {self.name}: the forced-command agent answered {args[0]} with no JSON "
+                                   f"(exit {code}): {err.decode(errors='replace').strip()[-200:]}") from None
+            if not doc.get("ok"):
+                e = doc.get("error") or {}
+                raise EdgeKitError(f"device {self.name}: {args[0]} of {label} refused [{e.get('code')}]: {e.get('message')}")
+            return doc["result"]
+
+        state = agent(["have", "--bundle-id", bundle_id, "--digest", digest], self.deadlines.command_s)
+        if state["present"]:
+            return state["path"]
+        with tempfile.SpooledTemporaryFile(max_size=64 << 20) as buf:
+            with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                for rel, path in files:
+                    info = tar.gettarinfo(str(path), arcname=rel)
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+            data = (buf.seek(0), buf.read())[1]
+        need = 2 * len(data) + (1 << 20)
+        if check_space and state.get("free_bytes") is not None and state["free_bytes"] < need:
+            raise EdgeKitError(f"device {self.name}: the bundles folder has {state['free_bytes'] / 1e6:.1f} MB free but "
+                               f"{label} needs {need / 1e6:.1f} MB; free space on the device and retry")
+        report(progress, label, 0, len(data))
+        result = agent(["receive", "--bundle-id", bundle_id, "--digest", digest, "--size", str(len(data)),
+                        "--sha256", hashlib.sha256(data).hexdigest()], self.deadlines.transfer(len(data)), stdin=data)
+        report(progress, label, len(data), len(data))
+        return result["path"]
 
     def stage_bundle(self, bundle_path: Path, progress: ProgressFn = None, check_space: bool = True) -> str:
         """Push a bundle folder to <home>/bundles/<bundle_id>/ (skipped when unchanged); returns that path."""
@@ -597,7 +643,7 @@ class SshDevice:
         if not _SAFE_ID.match(bundle_id):
             raise EdgeKitError(f"{mf}: bundle_id {bundle_id!r} is not a plain name; repackage the bundle")
         if self.entry.forced_command:
-            return self._find_staged(bundle_id)
+            return self._forced_push(bundle_path, bundle_id, progress, check_space)
         files = local_tree(bundle_path)
         final = posixpath.join(self.home, "bundles", bundle_id)
         self._makedirs(posixpath.dirname(final))

@@ -30,7 +30,7 @@ _ORT_FOR_OPSET = {13: "1.6", 14: "1.8", 15: "1.10", 16: "1.11", 17: "1.13", 18: 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
                "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
                "tensor(bool)": "bool"}
-_FORMATS = {"executorch": (".pte",), "onnx": (".onnx", ".ort"), "ort": (".onnx", ".ort")}
+FORMATS = {"executorch": (".pte",), "onnx": (".onnx", ".ort"), "ort": (".onnx", ".ort")}
 
 
 def runner_for(model_file: str | Path, threads: int = 1):
@@ -115,9 +115,9 @@ def package(model, target: str, out_dir: str | Path, example_input: np.ndarray |
             model_file = Path(model)
             if not model_file.is_file():
                 raise EdgeKitError(f"model file {model_file}: no such file")
-            if model_file.suffix not in _FORMATS[target]:
+            if model_file.suffix not in FORMATS[target]:
                 raise EdgeKitError(f"{model_file}: a {model_file.suffix or 'suffix-less'} file cannot be packaged for "
-                                   f"target {target!r} (expects {' or '.join(_FORMATS[target])})")
+                                   f"target {target!r} (expects {' or '.join(FORMATS[target])})")
             if model_file.suffix == ".onnx":
                 model_file = self_contained_onnx(model_file, tmp / "model.onnx")
         else:

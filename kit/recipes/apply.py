@@ -4,6 +4,7 @@ kit.fleet.bench's job; kit.search does both for many recipes.)"""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +52,19 @@ def _compress(recipe: Recipe, model, splits: Splits, teacher, progress: Progress
 
     result = run_chain(model, [dict(s) for s in recipe.compress], splits, budget_top1_drop=recipe.budget.top1_drop,
                        teacher=teacher, runtime=recipe.runtime, progress=progress)
-    return result.model, getattr(result, "report", {}) or {}, bool(getattr(result, "gate_passed", True))
+    return result.model, json_safe(getattr(result, "report", {}) or {}), bool(getattr(result, "gate_passed", True))
+
+
+def json_safe(obj):
+    """The chain's report with non-finite floats (an SQNR of inf for identical outputs) as strings:
+    the signed manifest is strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def _package(recipe: Recipe, compressed, splits: Splits, out_dir: Path, name: str, compression: dict):

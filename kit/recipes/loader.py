@@ -285,7 +285,7 @@ def load_recipe(path_or_name: str | Path, overrides: Iterable[str] = ()) -> Reci
         raise EdgeKitError(f"{_where(origins, tuple(err['loc']), path)}: {_explain(err)}") from None
     registry = methods()
     for i, step in enumerate(recipe.compress):
-        problem = check_step(step, i, recipe.runtime, recipe.format, registry)
+        problem = check_step(step, i, recipe.runtime, recipe.format, registry, len(recipe.compress))
         if problem is not None:
             raise EdgeKitError(f"{_where(origins, problem.path, path)}: step {i + 1} ({_dotted(problem.path)}): {problem.message}")
     return recipe

@@ -8,24 +8,33 @@ checks ranges) and when the method can produce a model for the recipe's runtime.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any
 
 import pydantic
 
 from kit.errors import EdgeKitError
 
-# Which runtime a method's output can run on, when the config class does not say so itself
-# (a `runtimes` class attribute wins). PT2E/XNNPACK quantization yields an ExecuTorch-only graph;
-# ORT quantization rewrites an .onnx file; everything else changes the nn.Module and suits both.
-_EXECUTORCH_ONLY = {"quantize", "quantize_dynamic", "qat", "mixed_precision", "xnnpack_quantize"}
-_ORT_ONLY = {"ort_quantize", "ort_quantize_dynamic", "ort_mixed_precision"}
+# Which runtime a method's output can run on, for methods kit.compress.chain.TERMINAL does not list
+# (a `runtimes` attribute on the config class wins over both).
+_EXECUTORCH_ONLY = {"quantize", "quantize_dynamic", "qat"}
+_ORT_ONLY = {"ort_quantize", "ort_quantize_dynamic"}
+
+
+def _terminal() -> dict[str, str]:
+    """Methods whose output is no longer an nn.Module -> the one runtime that runs it."""
+    try:
+        from kit.compress.chain import TERMINAL
+    except ImportError:
+        return {}
+    return dict(TERMINAL)
 
 
 def methods() -> dict[str, type]:
     """The compression registry (kit.compress.chain.METHODS)."""
     try:
         from kit.compress.chain import METHODS
-    except ImportError as e:  # pragma: no cover - only while the chain module is missing
+    except ImportError as e:  # a broken install, not a user error they can fix in the recipe
         raise EdgeKitError(f"kit.compress.chain is not importable ({e}); reinstall edgekit") from e
     return METHODS
 
@@ -34,6 +43,9 @@ def method_runtimes(name: str, cls: type | None = None) -> tuple[str, ...]:
     declared = getattr(cls, "runtimes", None) if cls is not None else None
     if declared:
         return tuple(declared)
+    terminal = _terminal()
+    if name in terminal:
+        return (terminal[name],)
     if name in _EXECUTORCH_ONLY:
         return ("executorch",)
     if name in _ORT_ONLY or name.startswith("ort_"):
@@ -46,12 +58,16 @@ def _unknown_keys(cls: type, params: dict, prefix: tuple = ()) -> list[tuple[tup
     if not dataclasses.is_dataclass(cls):
         return []
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    try:
+        hints = typing.get_type_hints(cls)  # resolves `from __future__ import annotations` strings
+    except Exception:
+        hints = {}
     bad = []
     for key, value in params.items():
         if key not in fields:
             bad.append(((*prefix, key), sorted(fields)))
             continue
-        ftype = fields[key].type
+        ftype = hints.get(key, fields[key].type)
         if isinstance(value, dict) and isinstance(ftype, type) and dataclasses.is_dataclass(ftype):
             bad.extend(_unknown_keys(ftype, value, (*prefix, key)))
     return bad
@@ -65,7 +81,8 @@ class StepProblem:
     message: str
 
 
-def check_step(step: Any, index: int, runtime: str, fmt: str, registry: dict[str, type]) -> StepProblem | None:
+def check_step(step: Any, index: int, runtime: str, fmt: str, registry: dict[str, type],
+               total: int | None = None) -> StepProblem | None:
     """None when the step is valid, else the first problem found (path relative to the recipe)."""
     here = ("compress", index)
     if not isinstance(step, dict):
@@ -82,6 +99,9 @@ def check_step(step: Any, index: int, runtime: str, fmt: str, registry: dict[str
         return StepProblem((*here, "method"),
                            f"method {name!r} produces a model only {' or '.join(runtimes)} can run, but this recipe targets "
                            f"{runtime} (.{fmt}); allowed for {runtime}: {', '.join(alternatives)}")
+    if name in _terminal() and total is not None and index != total - 1:
+        return StepProblem((*here, "method"), f"method {name!r} must be the last step (what follows needs a float "
+                                              f"model); move it after step {total}")
     params = {k: v for k, v in step.items() if k != "method"}
     unknown = _unknown_keys(cls, params)
     if unknown:

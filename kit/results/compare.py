@@ -205,6 +205,8 @@ def _resolve(store, ref: str) -> tuple[str, str, list[dict]]:
             found.append(("artifacts", f'artifact {art["variant"] or art["bundle_id"]}', store.latest_measurements(sha256=art["sha256"])))
         elif kind == "artifact":
             raise EdgeKitError(f"artifact {value!r}: no artifact in {store.path} has this sha256 prefix, bundle id or variant")
+    if not found and value.isdigit():
+        store.run(int(value))  # an unknown run id: say which runs exist
     if not found:
         raise EdgeKitError(f"{ref!r}: not a run id, device name or artifact (sha256 prefix, bundle id, variant) in {store.path}; "
                            "see 'edgekit results list'")

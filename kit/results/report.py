@@ -24,6 +24,7 @@ from kit.results.store import decode
 _UNCOMPRESSED = {"fp32", "float", "float32", "baseline", "uncompressed", "dense", "original"}
 _COMPRESSED = {"int8", "int4", "uint8", "q8", "q4", "quant", "quantized", "qdq", "qat", "pruned", "prune", "sparse",
                "lowrank", "low-rank", "cluster", "clustered", "fp16", "bf16", "distilled", "compressed"}
+_NEW_MODEL_STEPS = {"distill", "train"}
 NOISY_CV = 0.2  # coefficient of variation above which a latency figure is flagged as noisy
 
 
@@ -92,7 +93,8 @@ def compression_state(row: dict) -> bool | None:
     """True: compressed, False: uncompressed, None: cannot tell. Recipe first, then the variant name."""
     recipe = row.get("recipe")
     if isinstance(recipe, dict) and "compress" in recipe:
-        return bool(recipe["compress"])
+        # Distillation makes a new model (its own name), not a compressed twin of the same model.
+        return any(step.get("method") not in _NEW_MODEL_STEPS for step in recipe["compress"] or [])
     tokens = set(re.split(r"[-_.\s/]+", (row.get("variant") or "").lower()))
     if tokens & _COMPRESSED:
         return True
@@ -226,8 +228,8 @@ def pareto_plot(points: list[Point], devices: dict[str, bool], colors: dict[str,
         front = _pareto(pts, value, better_high)
         if len(front) > 1:
             ax.step([p.p50_ms for p in front], [value(p) for p in front], where="post", color=c, alpha=0.6, linestyle="--")
-        for p in pts:
-            ax.annotate(f"#{p.n}", (p.p50_ms, value(p)), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        for k, p in enumerate(sorted(pts, key=lambda p: p.p50_ms)):  # staggered: close points stay readable
+            ax.annotate(f"#{p.n}", (p.p50_ms, value(p)), textcoords="offset points", xytext=(4, 4 + 9 * (k % 3)), fontsize=8)
     ax.set_xlabel("latency p50 (ms), whisker to p99")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

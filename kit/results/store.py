@@ -63,7 +63,8 @@ CREATE TABLE IF NOT EXISTS measurements (
 """
 
 # Version 2: models and recipes behind each artifact, device emulation flag, energy/thermal as
-# queryable columns, fleet rollouts, and an index for find_measurement.
+# queryable columns, fleet rollouts, and an index for find_measurement. The rollout tables are
+# IF NOT EXISTS: kit/fleet/rollout_state.py may have created them on a v1 store already.
 _SCHEMA_V2 = """
 CREATE TABLE models (
     id INTEGER PRIMARY KEY,
@@ -92,7 +93,7 @@ ALTER TABLE measurements ADD COLUMN max_ms REAL;
 ALTER TABLE measurements ADD COLUMN mean_power_w REAL;
 ALTER TABLE measurements ADD COLUMN energy_mj REAL;
 ALTER TABLE measurements ADD COLUMN throttled INTEGER;
-CREATE TABLE rollouts (
+CREATE TABLE IF NOT EXISTS rollouts (
     id INTEGER PRIMARY KEY,
     bundle_id TEXT,
     model_name TEXT,
@@ -102,7 +103,7 @@ CREATE TABLE rollouts (
     status TEXT,
     options_json TEXT
 );
-CREATE TABLE rollout_devices (
+CREATE TABLE IF NOT EXISTS rollout_devices (
     rollout_id INTEGER NOT NULL REFERENCES rollouts(id),
     device TEXT NOT NULL,
     stage TEXT,
@@ -160,10 +161,10 @@ def _backfill_v2(db: sqlite3.Connection) -> None:
 
 
 def _insert_recipe(db: sqlite3.Connection, recipe: dict) -> int:
-    text = json.dumps(recipe, sort_keys=True, default=str)
-    digest = hashlib.sha256(text.encode()).hexdigest()
+    # Identity from the canonical (key-sorted) JSON; the stored text keeps the author's order.
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()
     db.execute("INSERT OR IGNORE INTO recipes (sha256, name, recipe_json, created) VALUES (?, ?, ?, ?)",
-               (digest, recipe.get("name"), text, time.time()))
+               (digest, recipe.get("name"), json.dumps(recipe, default=str), time.time()))
     return db.execute("SELECT id FROM recipes WHERE sha256 = ?", (digest,)).fetchone()[0]
 
 

@@ -1,0 +1,63 @@
+"""`edgekit compress MODEL --recipe FILE --data DATA --out DIR`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from kit.cli._ui import progress_bars, stdout
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def compress(
+        model: str = typer.Argument(..., help="torchvision:NAME, package.module:callable, 'teacher', or a checkpoint file."),
+        recipe: str = typer.Option(..., "--recipe", "-r", help="Recipe name or YAML file (its compress chain and budget)."),
+        data: str = typer.Option("digits", "--data", help="'digits' (bundled), an .npz file or an image folder."),
+        out: Path = typer.Option(..., "--out", "-o", help="Folder for the bundle, model.pt and report.json."),
+        weights: Optional[Path] = typer.Option(None, "--weights", help="A state_dict file for MODEL."),
+        teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher for distill steps (default: MODEL itself)."),
+        teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="A state_dict file for --teacher."),
+        set_: List[str] = typer.Option([], "--set", help="Override a recipe field: key=value (e.g. compress.0.ratio=0.3)."),
+        image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize data to this size (default: the recipe's)."),
+        eval_samples: Optional[int] = typer.Option(None, "--eval-samples", min=1, help="Evaluate on the first N test samples."),
+        override_budget: bool = typer.Option(False, "--override-budget", help="Package even if the accuracy budget is exceeded."),
+        name: str = typer.Option("model", "--name", help="Model name recorded in the bundle."),
+    ):
+        """Compress MODEL with a recipe's chain, gate it on the accuracy budget, package it, write report.json."""
+        from kit.compress.job import compress_job, load_teacher
+        from kit.data import load_data
+        from kit.models import load_model
+        from kit.recipes import load_recipe
+
+        rec = load_recipe(recipe, set_)
+        size = image_size or rec.input.image_size or 32
+        splits = load_data(data, size)
+        net = load_model(model, weights)
+        with progress_bars() as (progress, step):
+            step(f"compress {model} with {rec.name}: {' -> '.join(s.get('method', '?') for s in rec.compress) or '(no steps)'}")
+            outcome = compress_job(net, rec, splits, out, teacher=load_teacher(teacher, teacher_weights),
+                                   override_budget=override_budget, name=name, progress=progress, eval_samples=eval_samples)
+        r = outcome.report
+        table = Table(title=f"edgekit compress: {rec.name}")
+        for col in ("stage", "top-1", "agree", "MACs", "params", "size"):
+            table.add_column(col, justify="left" if col == "stage" else "right")
+
+        def row(label, m, size_text=""):
+            table.add_row(label, "" if "top1" not in m else f"{100 * m['top1']:.2f}%",
+                          f"{100 * m['agreement']['top1_match']:.1f}%" if "agreement" in m else "",
+                          "" if m.get("macs") is None else f"{m['macs'] / 1e6:.2f}M",
+                          "" if m.get("params") is None else f"{m['params'] / 1e3:.1f}k", size_text)
+
+        row("original", r["baseline"])
+        for s in r["steps"]:
+            row(f"{s['step']}: {s['method']}", s)
+        a = r["artifact"]
+        row(f"artifact {Path(a['file']).suffix}", a, f"{a['bytes'] / 1024:.0f} KiB (gzip {a['gzip_bytes'] / 1024:.0f})")
+        stdout.print(table)
+        stdout.print(r["artifact_gate"]["message"] + (" (overridden)" if not outcome.gate_passed else ""))
+        stdout.print(f"bundle:  {outcome.bundle_path}")
+        stdout.print(f"report:  {outcome.report_path}")

@@ -1,0 +1,53 @@
+"""Hardware-aware student search: MobileNetV2 students timed on the `local` device agent, a short
+distillation for accuracy, the front and the count of candidates measured; timings are reused
+from the results store, students over the latency budget are never trained."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kit.errors import EdgeKitError
+from kit.fleet import LocalDevice
+from kit.results.store import ResultsStore
+from kit.student_search import StudentSpace, student_search
+
+
+def test_student_search_measures_distills_and_reuses(recipe_model, tmp_path):
+    space = StudentSpace(widths=[0.25, 0.5], depths=[0.5], resolutions=[16])
+    db = tmp_path / "results.db"
+    with ResultsStore(db) as store, LocalDevice() as device:
+        first = student_search(recipe_model, "digits", device, store=store, space=space, strategy="grid",
+                               time_budget_s=3600, distill_epochs=1, runs=5)
+        assert first.space_size == 2 and len(first.candidates) == 2
+        assert first.measured == 2 and first.reused == 0 and first.trained == 2
+        for c in first.candidates:
+            assert c.p50_ms > 0 and c.params > 0 and c.macs > 0 and c.accuracy is not None
+        wide, narrow = sorted(first.candidates, key=lambda c: -c.width)
+        assert wide.params > narrow.params and wide.macs > narrow.macs
+        assert first.front and all(c.trained for c in first.front)
+        assert first.chosen in [c.key for c in first.front]
+        rows = store.db.execute("SELECT a.variant FROM measurements m JOIN artifacts a ON a.id = m.artifact_id").fetchall()
+        assert sorted(r[0] for r in rows) == ["student-search:student-w0.25-d0.5-r16", "student-search:student-w0.5-d0.5-r16"]
+
+        # Second search, evolutionary, with a latency budget no student meets: every timing comes
+        # from the store (the device's latency table), and nothing is trained.
+        second = student_search(recipe_model, "digits", device, store=store, space=space, strategy="evolution",
+                                time_budget_s=3600, latency_budget_ms=1e-6, runs=5)
+        assert second.measured == 0 and second.reused == len(second.candidates) >= 1
+        assert second.trained == 0 and all("budget" in c.skipped for c in second.candidates)
+        assert second.chosen is None
+        assert store.db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == 2
+    json.dumps(first.to_dict())  # serialisable for reports
+
+
+def test_student_search_stops_at_the_time_budget_and_checks_its_space(recipe_model, tmp_path):
+    with ResultsStore(tmp_path / "r.db") as store:
+        result = student_search(recipe_model, "digits", LocalDevice(), store=store, time_budget_s=1e-9,
+                                space=StudentSpace(widths=[0.25], depths=[0.5], resolutions=[16]))
+        assert result.stopped_by_time and result.candidates == [] and result.measured == 0
+        with pytest.raises(EdgeKitError, match="strategy 'random'"):
+            student_search(recipe_model, "digits", LocalDevice(), store=store, strategy="random")
+    with pytest.raises(EdgeKitError, match=r"widths: \[3.0\] out of range"):
+        StudentSpace(widths=[3.0])
