@@ -200,7 +200,14 @@ def rollback(name: str, expect_current: str | None = None) -> dict:
                     "reason": f"current is {current!r}, not {expect_current!r}"}
         if previous and not os.path.isdir(os.path.join(model_dir, previous)):
             raise AgentError("previous_missing", f"model {name!r}: previous version {previous} is not installed; cannot roll back")
+        warning = None
         if previous:
+            # Replay state follows the switch, so the agent keeps accepting the running version
+            # (bench/verify) and the newer one stays re-activatable (its sequence is kept).
+            try:
+                _record_replay(load_manifest(os.path.join(model_dir, previous)), rollback=True)
+            except AgentError as e:  # never block the way back to a working model
+                warning = f"replay state not updated: {e.message}"
             _switch_link(model_dir, "current", previous)
             if current:
                 _switch_link(model_dir, "previous", current)
@@ -211,8 +218,11 @@ def rollback(name: str, expect_current: str | None = None) -> dict:
             new_current, new_previous = None, None
             if current:
                 _switch_link(model_dir, "previous", None)
-    return {"name": name, "current": new_current, "previous": new_previous, "changed": current != new_current,
-            "rolled_back_from": current}
+    result = {"name": name, "current": new_current, "previous": new_previous, "changed": current != new_current,
+              "rolled_back_from": current}
+    if warning:
+        result["warning"] = warning
+    return result
 
 
 def status(name: str | None = None) -> dict:

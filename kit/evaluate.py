@@ -85,7 +85,7 @@ def count_macs(module: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
 
 def count_macs_params(model, input_shape: tuple[int, ...]) -> tuple[int, int]:
     """MACs and parameters of a float module, or of a QuantizedModel's float graph (same arithmetic)."""
-    module = getattr(model, "float_graph", None) or model
+    module = getattr(model, "float_graph", None) or getattr(model, "module", None) or model
     try:
         macs = count_macs(module, input_shape)
     except Exception:  # some graph modules refuse FlopCounterMode; the float eager model is the fallback

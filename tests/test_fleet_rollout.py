@@ -3,6 +3,7 @@ idempotent re-runs, faults (unreachable device, sshd killed during activation, h
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -221,3 +222,29 @@ def test_host_killed_mid_rollout_then_resumed(fleet_sshd, fleet_bundles, tmp_pat
     for d in final.devices:
         if d.device in done_before:
             assert d.updated == next(x.updated for x in rec.devices if x.device == d.device)
+
+
+def test_cli_rollout_status_rollback(fleet_sshd, fleet_bundles, tmp_path, capsys, monkeypatch):
+    from kit.cli import main
+
+    entries = fleet_sshd(2)
+    inv = tmp_path / "devices.yaml"
+    inv.write_text(yaml.safe_dump({"devices": {e.name: {**e.to_dict(), "groups": ["lab"]} for e in entries}}))
+    monkeypatch.setenv("EDGEKIT_RESULTS", str(tmp_path / "results.db"))
+    common = ["--inventory", str(inv)]
+    for b in ("v1", "v2"):
+        assert main(["rollout", str(fleet_bundles[b].path), "--group", "lab", "--health-runs", "2", *common]) == 0
+    assert "succeeded" in capsys.readouterr().out
+    assert main(["status", "lab", "--json", *common]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["device"]: r["models"]["tiny"]["current"]["bundle_id"] for r in rows} == \
+        {e.name: fleet_bundles["v2"].bundle_id for e in entries}
+    assert main(["rollback", "--group", "lab", *common]) == 0  # model name from the last rollout
+    out = capsys.readouterr().out
+    assert out.count("rolled back") == 2 and fleet_bundles["v1"].bundle_id in out
+    # A bad gate through the CLI: exit 1, devices keep v1.
+    assert main(["rollout", str(fleet_bundles["bad"].path), "--group", "lab", "--health-runs", "2", *common]) == 1
+    assert all(current_id(e, "tiny") == fleet_bundles["v1"].bundle_id for e in entries)
+    # Bad input: one line, exit 2.
+    assert main(["rollout", str(tmp_path / "nope"), "--group", "lab", *common]) == 2
+    assert "not a bundle" in capsys.readouterr().err

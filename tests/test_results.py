@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sqlite3
 
 import numpy as np
@@ -117,6 +118,13 @@ def test_migration_from_v1_keeps_every_row_and_backfills(filled_store, tmp_path)
         assert [m["name"] for m in s.db.execute("SELECT name FROM models")] == ["tiny"]
         assert [tuple(r) for r in s.db.execute("SELECT bundle_id, status FROM rollouts")] == [("b1", "succeeded")]
         assert s.db.execute("SELECT model_id FROM artifacts").fetchone()[0] == 1
+        # The report shows what v1 rows carried: recorded energy, throttling, the emulated device.
+        from kit.results.report import render
+
+        page = render(rows)
+        assert 'id="energy-bars"' in page and "<td class=num>31.250</td>" in page
+        assert re.search(r"<li class='throttled'>#1 tiny-fp32-pte on pi5: the device throttled", page)
+        assert "temperature rose 23 °C" in page and "Device pi5 is emulated" in page
         # and the migrated store keeps working: new rows, lookups
         assert s.find_measurement(manifest["model"]["sha256"], "pi5", 1)["id"] == pi5["id"]
         run = s.start_run("bench")
@@ -320,7 +328,7 @@ def test_cli_results_compare_report(filled_store, tmp_path, capsys, monkeypatch)
     code, out, _ = _cli(capsys, "results", "show", str(filled_store.run_id), "--results", db)
     assert code == 0 and "tiny-int8-pte" in out and "(emulated)" in out
     code, out, _ = _cli(capsys, "results", "show", "--results", db, "--format", "csv")
-    assert code == 0 and len(list(csv.DictReader(io.StringIO(out)))) == 5  # latest per artifact/device/threads
+    assert code == 0 and len(list(csv.DictReader(io.StringIO(out)))) == 4  # latest per artifact/device/threads
     code, out, _ = _cli(capsys, "results", "export", "--results", db, "--format", "json", "--out", str(tmp_path / "e.json"))
     assert code == 0 and len(json.loads((tmp_path / "e.json").read_text())) == 6
     code, out, _ = _cli(capsys, "compare", str(filled_store.run_id), str(filled_store.second_run_id), "--results", db)

@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv or "-v" in argv
     try:
-        app(args=argv, prog_name="edgekit", standalone_mode=False)
-        return 0
+        # With standalone_mode=False click returns typer.Exit(code)'s code instead of raising it.
+        rc = app(args=argv, prog_name="edgekit", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
     except EdgeKitError as e:
         if verbose:
             raise

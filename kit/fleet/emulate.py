@@ -25,6 +25,7 @@ without /sys, ORT's cpuinfo prints a warning and falls back to baseline NEON ker
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -196,8 +197,6 @@ def binfmt_release(holder: int) -> bool:
 
 def _build_lock():
     """An exclusive lock on the cache while a build runs (two builds would share one .partial folder)."""
-    import fcntl
-
     cache_dir().mkdir(parents=True, exist_ok=True)
     fd = os.open(cache_dir() / ".build.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:

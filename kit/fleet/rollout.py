@@ -130,9 +130,11 @@ def is_connection_error(exc: BaseException) -> bool:
             return True
         if isinstance(e, (OSError, EOFError, TimeoutError, ConnectionError)) or (transient and isinstance(e, transient)):
             return True
-        if getattr(e, "transient", False) or type(e).__name__ in ("TransportError", "ConnectionLost", "DeviceUnreachable"):
+        if getattr(e, "transient", False):  # a transport may mark its own errors retryable
             return True
-        e = e.__cause__ or e.__context__
+        # `raise ... from None` means the raiser classified the error itself (e.g. a full disk
+        # reported over an OSError): do not second-guess it from the hidden context.
+        e = e.__cause__ if (e.__cause__ is not None or e.__suppress_context__) else e.__context__
     return False
 
 

@@ -209,6 +209,10 @@ class ResultsStore:
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA foreign_keys = ON")
             self._migrate()
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise EdgeKitError(f"results store {self.path}: locked by another edgekit process for 30 s; retry when it finishes") from e
+            raise EdgeKitError(f"results store {self.path}: cannot use it ({e}); move it aside or choose another path") from e
         except sqlite3.DatabaseError as e:
             raise EdgeKitError(f"results store {self.path}: not a usable SQLite file ({e}); move it aside or choose another path") from e
         except OSError as e:
