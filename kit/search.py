@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from kit.fleet.bench import BenchOptions, bench
 from kit.package.bundle import Bundle
 from kit.progress import ProgressFn, report
 from kit.recipes import Recipe, available_recipes, load_recipe
-from kit.recipes.apply import AppliedRecipe, apply_recipe
+from kit.recipes.apply import apply_recipe
 from kit.results.store import ResultsStore
 
 # (field, direction): the objectives of the front. Energy joins only when every candidate has it.
@@ -154,36 +153,6 @@ def pareto_front(points: list[dict], objectives: list[tuple[str, str]]) -> list[
     return flags
 
 
-def _apply(recipe: Recipe, model, splits: Splits, out_dir: Path, *, teacher, baseline: float | None, name: str,
-           use_cache: bool, progress: ProgressFn) -> tuple[AppliedRecipe, bool]:
-    """apply_recipe, through the content-addressed build cache (kit.cache) when asked: the key
-    covers the model's weights, the recipe's chain and target, the data, the teacher and the
-    signing key, so a hit is the very bundle this call would build. Returns (applied, hit)."""
-    if not use_cache:
-        return apply_recipe(recipe, model, splits, out_dir, teacher=teacher, baseline_accuracy=baseline, name=name,
-                            progress=progress), False
-    from kit.cache import build_key, cached, hash_arrays, hash_module
-    from kit.package.signing import key_id
-
-    key = build_key(kind="recipe-search", model=hash_module(model), teacher=hash_module(teacher) if teacher else None,
-                    recipe=recipe.model_dump(mode="json", include={"runtime", "format", "input", "compress", "budget"}),
-                    data=hash_arrays(splits.train.x, splits.train.y, splits.calib.x, splits.test.x, splits.test.y),
-                    name=name, signing_key=key_id())
-
-    def produce(folder: Path) -> None:
-        applied = apply_recipe(recipe, model, splits, folder / "bundle", teacher=teacher, baseline_accuracy=baseline,
-                               name=name, progress=progress)
-        (folder / "applied.json").write_text(json.dumps(asdict(applied)))
-
-    folder, hit = cached(key, produce)
-    applied = AppliedRecipe(**json.loads((folder / "applied.json").read_text()))
-    shutil.rmtree(out_dir, ignore_errors=True)
-    shutil.copytree(folder / "bundle", out_dir)
-    applied.bundle_path = str(out_dir)
-    applied.recipe = recipe.name
-    return applied, hit
-
-
 def _judge(c: Candidate, recipe: Recipe, budget: float | None) -> None:
     reasons = []
     if c.error:
@@ -240,9 +209,9 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
             if size not in baseline:
                 baseline[size] = accuracy(torch_predictor(model), splits.test) if splits.test.y is not None else None
             result.baseline_accuracy = baseline[size]
-            applied, c.built_from_cache = _apply(recipe, model, splits, out_dir / recipe.name, teacher=teacher,
-                                                 baseline=baseline[size], name=model_name, use_cache=cache,
-                                                 progress=progress)
+            applied = apply_recipe(recipe, model, splits, out_dir / recipe.name, teacher=teacher,
+                                   baseline_accuracy=baseline[size], name=model_name, cache=cache, progress=progress)
+            c.built_from_cache = applied.from_cache
             c.accuracy, c.top1_drop, c.size_bytes = applied.accuracy, applied.top1_drop, applied.size_bytes
             c.model_sha256, c.bundle_path = applied.model_sha256, applied.bundle_path
             known = find_measurement(store, applied.model_sha256, device.name, recipe.threads)

@@ -15,7 +15,7 @@ import yaml
 
 from kit.errors import EdgeKitError
 from kit.fleet import rollout_state as rs
-from kit.fleet.rollout import RolloutOptions, fleet_status, rollback_group, rollout
+from kit.fleet.rollout import fleet_status, rollback_group, rollout
 from tests.fixtures_fleet import (assert_consistent, current_id, edgekit_cmd, fast_connect, fast_options,
                                   python_env)
 
@@ -73,7 +73,7 @@ def test_failed_health_gate_stops_at_canary_and_rolls_back(fleet_sshd, fleet_bun
     assert r.status == rs.STOPPED
     by = {d.device: d for d in r.devices}
     assert by["dev0"].status == rs.FAILED and "reference check failed" in by["dev0"].error
-    assert by["dev0"].attempts == 0  # a failed gate is never retried
+    assert by["dev0"].stage == "done" and "rolled back to" in by["dev0"].error  # failed gate: switched back, not retried
     assert by["dev1"].status == by["dev2"].status == rs.SKIPPED
     assert_consistent(r, entries, "tiny", old)
     assert all(current_id(e, "tiny") == fleet_bundles["v1"].bundle_id for e in entries)

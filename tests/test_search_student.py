@@ -51,3 +51,20 @@ def test_student_search_stops_at_the_time_budget_and_checks_its_space(recipe_mod
             student_search(recipe_model, "digits", LocalDevice(), store=store, strategy="random")
     with pytest.raises(EdgeKitError, match=r"widths: \[3.0\] out of range"):
         StudentSpace(widths=[3.0])
+
+
+def test_student_search_cli(recipe_model_file, tmp_path, capsys):
+    from kit.cli import main
+
+    out = tmp_path / "students.json"
+    code = main(["student-search", str(recipe_model_file), "--device", "local", "--data", "digits", "--train-teacher", "0",
+                 "--widths", "0.25", "--depths", "0.5", "--resolutions", "16", "--epochs", "1",
+                 "--results", str(tmp_path / "r.db"), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    doc = json.loads(out.read_text())
+    assert doc["measured"] == 1 and doc["trained"] == 1 and doc["space_size"] == 1
+    assert doc["chosen"] == [0.25, 0.5, 16]
+    assert "Student search on 'local'" in capsys.readouterr().out
+    assert main(["student-search", "--widths", "a,b"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "edgekit: error: --widths 'a,b': give numbers separated by commas, e.g. 0.25,0.5"

@@ -141,3 +141,20 @@ def test_disk_filling_during_push_leaves_no_part(sshd_factory, tmp_path, tmpfs_h
         filler.unlink()
         dev.stage_bundle(bundle)  # with the space back, the same push goes through
     assert_installed(tmpfs_home, bundle, "squeezed")
+
+
+def test_frozen_device_agent_call_fails_within_deadline(sshd_factory):
+    entry, = sshd_factory(1)
+    server = sshd_factory.server(entry)
+    dev = SshDevice(entry, deadlines=TIGHT)
+    try:
+        assert dev.exec("echo up", 10)[1] == b"up\n"
+        assert server.freeze()  # the connection's session processes, as a hung kernel would leave them
+        t0 = time.monotonic()
+        with pytest.raises(EdgeKitError, match="stalled|did not finish|cannot connect"):
+            dev.run_agent(["info"], timeout=2)
+        elapsed = time.monotonic() - t0
+    finally:
+        server.thaw()
+        dev.close()
+    assert elapsed < 2 + TIGHT.connect_s + 5, f"the agent call hung {elapsed:.1f} s"

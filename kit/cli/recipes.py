@@ -31,6 +31,11 @@ def _load_model(spec: str, weights: Optional[Path]):
     return load_model(spec, weights)
 
 
+def _model_name(spec: str) -> str:
+    """A bundle name for a model spec: a checkpoint's file stem, else the spec made path-safe."""
+    return Path(spec).stem if Path(spec).is_file() else spec.replace(":", "-").replace("/", "-")
+
+
 def register(app: typer.Typer) -> None:
     recipes_app = typer.Typer(help="Per-device recipes: how to compress and package for one kind of device.",
                               no_args_is_help=True)
@@ -99,7 +104,7 @@ def register(app: typer.Typer) -> None:
                           else candidates_for(device_kind(dev), set_, quick))
             with progress_bars() as (progress, step):
                 result = search(net, data, dev, candidates, store=store, out_dir=out / "bundles",
-                                budget_top1_drop=budget_top1_drop, teacher=teacher_net, model_name=Path(model).stem,
+                                budget_top1_drop=budget_top1_drop, teacher=teacher_net, model_name=_model_name(model),
                                 progress=progress, step=step)
         out.mkdir(parents=True, exist_ok=True)
         plot = plot_front(result, out / "front.png")

@@ -152,7 +152,9 @@ def _with_baseline(config: Distill, teacher: nn.Module, student: nn.Module, spli
             # Labels only exist for max_samples images: give the baseline as many optimiser steps.
             n_lab = min(len(splits.train), cfg.max_samples)
             n_all = min(len(splits.train), n_lab + config.transfer_samples)
-            cfg = dataclasses.replace(cfg, epochs=max(1, round(cfg.epochs * n_all / n_lab)))
+            steps = lambda n: sum(1 for i in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - i) >= 2)  # noqa: E731
+            cfg = dataclasses.replace(cfg, epochs=max(1, round(cfg.epochs * steps(n_all) / steps(n_lab))))
+            info["baseline_epochs"] = cfg.epochs
         alone = train(untrained, splits.train, cfg, progress)
         run = lambda m: outputs(_predictor(m, {})[0], eval_data, 64)  # noqa: E731
         info["top1_with_teacher"] = round(top1(run(trained), eval_data.y), 4)

@@ -32,6 +32,7 @@ class QAT:
     lr: float = 5e-4
     batch_size: int = 32
     seed: int = 0
+    max_samples: int | None = None  # fine-tune on the first N training samples only
     skip_layers: list[str] = field(default_factory=list)
 
     def __post_init__(self):
@@ -65,7 +66,8 @@ def qat(model: nn.Module, config: QAT, data: Dataset, progress: ProgressFn = Non
     quantizer = xnnpack_quantizer(xnnpack_config(config.per_channel, qat=True), config.skip_layers)
     prepared = prepare(graph, quantizer, name, qat=True)
 
-    cfg = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
+    cfg = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                      max_samples=config.max_samples)
     train_loop(prepared, data, cfg, lambda m, x, y: F.cross_entropy(m(x), y), "qat", progress,
                set_train=move_exported_model_to_train, set_eval=move_exported_model_to_eval)
     converted = convert(prepared, name, "qat")

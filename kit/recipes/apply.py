@@ -4,9 +4,11 @@ kit.fleet.bench's job; kit.search does both for many recipes.)"""
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from kit.data import Splits
@@ -27,6 +29,7 @@ class AppliedRecipe:
     gate_passed: bool
     seconds: float
     report: dict = field(default_factory=dict)
+    from_cache: bool = False
 
     @property
     def top1_drop(self) -> float | None:
@@ -76,12 +79,44 @@ def _package(recipe: Recipe, compressed, splits: Splits, out_dir: Path, name: st
 
 
 def apply_recipe(recipe: Recipe, model, splits: Splits, out_dir: str | Path, *, teacher=None,
-                 baseline_accuracy: float | None = None, name: str = "model", progress: ProgressFn = None) -> AppliedRecipe:
-    """Compress `model` as `recipe` says and package it into `out_dir` (a bundle folder)."""
+                 baseline_accuracy: float | None = None, name: str = "model", cache: bool = False,
+                 progress: ProgressFn = None) -> AppliedRecipe:
+    """Compress `model` as `recipe` says and package it into `out_dir` (a bundle folder).
+
+    `cache=True` goes through the content-addressed build cache (kit.cache): the key covers the
+    model's weights, the recipe (name, runtime, format, input, chain, budget), the data, the teacher,
+    the bundle name and the signing key, so a hit is the very bundle this call would build.
+    """
     check_input(recipe, splits)
-    t0 = time.time()
     if baseline_accuracy is None and splits.test.y is not None:
         baseline_accuracy = accuracy(torch_predictor(model), splits.test)
+    if not cache:
+        return _apply(recipe, model, splits, Path(out_dir), teacher, baseline_accuracy, name, progress)
+    from kit.cache import build_key, cached, hash_arrays, hash_module
+    from kit.package.signing import key_id
+
+    # The recipe's name is part of the key: the bundle's manifest records which recipe made it.
+    key = build_key(kind="apply-recipe", model=hash_module(model), teacher=hash_module(teacher) if teacher else None,
+                    recipe=recipe.model_dump(mode="json", include={"name", "runtime", "format", "input", "compress", "budget"}),
+                    data=hash_arrays(splits.train.x, splits.train.y, splits.calib.x, splits.test.x, splits.test.y),
+                    name=name, signing_key=key_id())
+
+    def produce(folder: Path) -> None:
+        applied = _apply(recipe, model, splits, folder / "bundle", teacher, baseline_accuracy, name, progress)
+        (folder / "applied.json").write_text(json.dumps(asdict(applied)))
+
+    folder, hit = cached(key, produce)
+    applied = AppliedRecipe(**json.loads((folder / "applied.json").read_text()))
+    out_dir = Path(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    shutil.copytree(folder / "bundle", out_dir)
+    applied.bundle_path, applied.recipe, applied.from_cache = str(out_dir), recipe.name, hit
+    return applied
+
+
+def _apply(recipe: Recipe, model, splits: Splits, out_dir: Path, teacher, baseline_accuracy: float | None, name: str,
+           progress: ProgressFn) -> AppliedRecipe:
+    t0 = time.time()
     compressed, report, gate_passed = _compress(recipe, model, splits, teacher, progress)
     bundle = _package(recipe, compressed, splits, Path(out_dir), name, report)
     from kit.package import runner_for

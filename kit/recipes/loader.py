@@ -150,9 +150,6 @@ def _replace_origins(origins: dict, child: dict, child_marks: dict, file: str) -
 
 def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict[Path_, Origin]]:
     resolved = path.resolve()
-    if resolved in chain:
-        cycle = " -> ".join(str(p.name) for p in (*chain, resolved))
-        raise EdgeKitError(f"{path}: 'base' inheritance loops ({cycle}); break the cycle")
     data, marks = _read_yaml(path)
     data.setdefault("name", path.stem)  # a recipe is named after its file unless it says otherwise
     base_name = data.get("base")
@@ -164,6 +161,9 @@ def _resolve(path: Path, chain: tuple[Path, ...] = ()) -> tuple[dict, dict[Path_
         base_path = find_recipe(base_name, relative_to=path.parent)
     except EdgeKitError as e:
         raise EdgeKitError(f"{path}:{marks.get(('base',), 1)}: field 'base': {e}") from None
+    if base_path.resolve() in (*chain, resolved):
+        cycle = " -> ".join(p.name for p in (*chain, resolved, base_path.resolve()))
+        raise EdgeKitError(f"{path}:{marks.get(('base',), 1)}: field 'base': inheritance loops ({cycle}); break the cycle")
     base_data, origins = _resolve(base_path, (*chain, resolved))
     merged = _merge(base_data, data)
     _replace_origins(origins, data, marks, str(path))
