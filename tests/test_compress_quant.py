@@ -60,7 +60,7 @@ def test_qat_fine_tunes_and_packages(cnn16, digits16, cnn16_top1, tmp_path):
     from kit.evaluate import accuracy, torch_predictor
     from kit.package import package, runner_for
 
-    q = qat(cnn16, QAT(epochs=1, lr=2e-4, max_samples=256), digits16.train)
+    q = qat(cnn16, QAT(epochs=1, lr=2e-4, max_samples=64, batch_size=16), digits16.train)
     assert q.quantized_ops > 5 and q.batch_dynamic
     assert accuracy(torch_predictor(q), _head(digits16.test)) > cnn16_top1 - 0.04
     bundle = package(q, "executorch", tmp_path / "qat", digits16.test.x[:1])

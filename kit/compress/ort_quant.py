@@ -112,7 +112,8 @@ def quantize_onnx(model_path: str | Path, config: OrtInt8Static, calib: Dataset,
                   preprocessed: bool = False) -> Path:
     """Write a QDQ copy of `model_path` to `out_path`, calibrated on `calib`."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat
+    from onnxruntime.quantization import quantize_static as _quantize_static
 
     if calib is None or len(calib) == 0:
         raise EdgeKitError("calibration set is empty; ORT static int8 needs calibration samples (--data)")
@@ -129,14 +130,19 @@ def quantize_onnx(model_path: str | Path, config: OrtInt8Static, calib: Dataset,
     with tempfile.TemporaryDirectory() as tmp:
         pre = model_path if preprocessed else preprocess(model_path, Path(tmp) / "pre.onnx")
         tmp_out = out_path.with_name(out_path.stem + ".part.onnx")
-        logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT logs per-node chatter at INFO/WARN
-        quantize_static(str(pre), str(tmp_out), _reader(input_name, calib, config.max_samples), quant_format=QuantFormat.QDQ,
-                        per_channel=config.per_channel, activation_type=_qtype(config.activation_type),
-                        weight_type=_qtype(config.weight_type),
-                        calibrate_method=getattr(CalibrationMethod, config.calibration),
-                        nodes_to_exclude=list(config.nodes_to_exclude) or None, nodes_to_quantize=nodes_to_quantize,
-                        extra_options=extra,
-                        calibration_cache_path=str(calibration_cache) if calibration_cache else None)
+        root = logging.getLogger()
+        saved_level = root.level
+        root.setLevel(max(saved_level, logging.ERROR))  # ORT logs per-node chatter on the root logger; restored below
+        try:
+            _quantize_static(str(pre), str(tmp_out), _reader(input_name, calib, config.max_samples), quant_format=QuantFormat.QDQ,
+                            per_channel=config.per_channel, activation_type=_qtype(config.activation_type),
+                            weight_type=_qtype(config.weight_type),
+                            calibrate_method=getattr(CalibrationMethod, config.calibration),
+                            nodes_to_exclude=list(config.nodes_to_exclude) or None, nodes_to_quantize=nodes_to_quantize,
+                            extra_options=extra,
+                            calibration_cache_path=str(calibration_cache) if calibration_cache else None)
+        finally:
+            root.setLevel(saved_level)
         tmp_out.replace(out_path)
     return out_path
 

@@ -92,40 +92,6 @@ class DeviceEntry:
         return cls(name=name, **data)
 
 
-_ANSIBLE = {"ansible_host": "host", "ansible_port": "port", "ansible_user": "user",
-            "ansible_ssh_private_key_file": "key", "ansible_python_interpreter": "python"}
-
-
-def _from_ansible(doc: dict, where: str) -> dict[str, DeviceEntry]:
-    found: dict[str, dict] = {}
-
-    def walk(group_name: str, group: dict, inherited: dict):
-        group = group or {}
-        gvars = {**inherited, **(group.get("vars") or {})}
-        for host, hvars in (group.get("hosts") or {}).items():
-            d = found.setdefault(host, {"groups": [], "vars": {}})
-            merged = {**gvars, **(hvars or {})}
-            if group_name != "all" and group_name not in d["groups"]:
-                d["groups"].append(group_name)
-            for k, v in merged.items():
-                if k in _ANSIBLE:
-                    d[_ANSIBLE[k]] = v
-                elif k.startswith("edgekit_") and k[8:] in {"kind", "home", "emulated", "known_hosts", "forced_command"}:
-                    d[k[8:]] = v
-                else:
-                    d["vars"][k] = v
-        for child, sub in (group.get("children") or {}).items():
-            walk(child, sub, gvars)
-
-    for top, group in doc.items():
-        walk(top, group, {})
-    out = {}
-    for name, d in found.items():
-        d.setdefault("host", name)
-        out[name] = DeviceEntry.from_dict(name, d, where)
-    return out
-
-
 @dataclass
 class Inventory:
     devices: dict[str, DeviceEntry] = field(default_factory=dict)
@@ -151,7 +117,9 @@ class Inventory:
         if not isinstance(doc, dict):
             raise EdgeKitError(f"inventory {path}: expected a mapping with 'devices:' at the top")
         if "devices" not in doc and "all" in doc:
-            return cls(_from_ansible(doc, str(path)), path)
+            from kit.fleet.ansible import parse_ansible  # late: ansible.py builds DeviceEntry objects
+
+            return cls({e.name: e for e in parse_ansible(path)}, path)
         extra = sorted(set(doc) - {"devices", "groups"})
         if extra:
             raise EdgeKitError(f"inventory {path}: unknown top-level key(s) {', '.join(extra)}; use 'devices:' and 'groups:'")
