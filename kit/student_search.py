@@ -108,6 +108,23 @@ def _build(space: StudentSpace, key, num_classes: int, channels: int, seed: int)
                              stem_stride=1 if resolution <= 64 else None, depth_mult=depth)
 
 
+def _student_bundle(student: torch.nn.Module, key, splits: Splits, out: Path, name: str, seed: int):
+    """The candidate's fp32 .pte bundle, through the build cache (kit.cache): the same untrained,
+    seeded student is the same artifact, so a later search skips the export as well as the bench."""
+    import shutil
+
+    from kit.cache import build_key, cached, hash_module
+    from kit.package import Bundle
+    from kit.package.signing import key_id
+
+    cache_key = build_key(kind="student-search", student=hash_module(student), key=list(key), seed=seed, name=name,
+                          input=list(splits.test.x[:1].shape), signing_key=key_id())
+    folder, _ = cached(cache_key, lambda tmp: package(student, "executorch", tmp / "bundle", splits.test.x[:1], name=name))
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(folder / "bundle", out)
+    return Bundle.load(out)
+
+
 def _mutate(key, space: StudentSpace, rng: random.Random):
     axes = [sorted(space.widths), sorted(space.depths), sorted(space.resolutions)]
     axis = rng.randrange(3)
@@ -121,7 +138,7 @@ def _mutate(key, space: StudentSpace, rng: random.Random):
 def student_search(teacher: torch.nn.Module, data: str | Splits, device, *, store: ResultsStore,
                    space: StudentSpace | None = None, strategy: str = "grid", time_budget_s: float = 600.0,
                    max_candidates: int | None = None, latency_budget_ms: float | None = None, distill_epochs: int = 2,
-                   distill_lr: float = 5e-3, distill_batch_size: int = 32,
+                   distill_lr: float = 5e-3, distill_batch_size: int = 32, distill_max_samples: int | None = None,
                    threads: int = 1, runs: int = 20, seed: int = 0, work_dir: str | Path | None = None,
                    progress: ProgressFn = None, step: Callable[[str], None] | None = None) -> StudentSearchResult:
     """Search MobileNet students for `device`; return every candidate tried, the front and the choice."""
@@ -160,7 +177,7 @@ def student_search(teacher: torch.nn.Module, data: str | Splits, device, *, stor
         c = StudentCandidate(*key, params=count_params(student), macs=count_macs(student, (1, channels, key[2], key[2])))
         name = f"student-w{key[0]:g}-d{key[1]:g}-r{key[2]}"
         step(f"{name}: latency on {device.name}")
-        bundle = package(student, "executorch", work / name, splits.test.x[:1], name=name)
+        bundle = _student_bundle(student, key, splits, work / name, name, seed)
         c.size_bytes = int(bundle.manifest["model"]["size"])
         known = find_measurement(store, bundle.manifest["model"]["sha256"], device.name, threads)
         if known is not None:
@@ -177,7 +194,7 @@ def student_search(teacher: torch.nn.Module, data: str | Splits, device, *, stor
         step(f"{name}: distillation ({distill_epochs} epoch{'s' if distill_epochs != 1 else ''})")
         student = distill(teacher, student, splits.train,
                           Distill(train=TrainConfig(epochs=distill_epochs, lr=distill_lr, batch_size=distill_batch_size,
-                                                    seed=seed)), progress)
+                                                    max_samples=distill_max_samples, seed=seed)), progress)
         c.accuracy = accuracy(torch_predictor(student), splits.test) if splits.test.y is not None else None
         c.trained = True
         result.trained += 1

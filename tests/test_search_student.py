@@ -14,12 +14,12 @@ from kit.results.store import ResultsStore
 from kit.student_search import StudentSpace, student_search
 
 
-def test_student_search_measures_distills_and_reuses(recipe_model, tmp_path):
+def test_student_search_measures_distills_and_reuses(recipe_model, tmp_path, private_build_cache):
     space = StudentSpace(widths=[0.25, 0.5], depths=[0.5], resolutions=[16])
     db = tmp_path / "results.db"
     with ResultsStore(db) as store, LocalDevice() as device:
         first = student_search(recipe_model, "digits", device, store=store, space=space, strategy="grid",
-                               time_budget_s=3600, distill_epochs=1, runs=5)
+                               time_budget_s=3600, distill_epochs=1, distill_max_samples=256, runs=5)
         assert first.space_size == 2 and len(first.candidates) == 2
         assert first.measured == 2 and first.reused == 0 and first.trained == 2
         for c in first.candidates:
@@ -42,7 +42,7 @@ def test_student_search_measures_distills_and_reuses(recipe_model, tmp_path):
     json.dumps(first.to_dict())  # serialisable for reports
 
 
-def test_student_search_stops_at_the_time_budget_and_checks_its_space(recipe_model, tmp_path):
+def test_student_search_stops_at_the_time_budget_and_checks_its_space(recipe_model, tmp_path, private_build_cache):
     with ResultsStore(tmp_path / "r.db") as store:
         result = student_search(recipe_model, "digits", LocalDevice(), store=store, time_budget_s=1e-9,
                                 space=StudentSpace(widths=[0.25], depths=[0.5], resolutions=[16]))
@@ -53,12 +53,12 @@ def test_student_search_stops_at_the_time_budget_and_checks_its_space(recipe_mod
         StudentSpace(widths=[3.0])
 
 
-def test_student_search_cli(recipe_model_file, tmp_path, capsys):
+def test_student_search_cli(recipe_model_file, tmp_path, capsys, private_build_cache):
     from kit.cli import main
 
     out = tmp_path / "students.json"
     code = main(["student-search", str(recipe_model_file), "--device", "local", "--data", "digits", "--train-teacher", "0",
-                 "--widths", "0.25", "--depths", "0.5", "--resolutions", "16", "--epochs", "1",
+                 "--widths", "0.25", "--depths", "0.5", "--resolutions", "16", "--epochs", "1", "--max-samples", "128",
                  "--results", str(tmp_path / "r.db"), "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     doc = json.loads(out.read_text())

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
             table.add_row(label, "" if "top1" not in m else f"{100 * m['top1']:.2f}%",
                           f"{100 * m['agreement']['top1_match']:.1f}%" if "agreement" in m else "",
                           "" if m.get("macs") is None else f"{m['macs'] / 1e6:.2f}M",
-                          "" if m.get("params") is None else f"{m['params'] / 1e3:.1f}k", size_text)
+                          "" if m.get("param_count") is None else f"{m['param_count'] / 1e3:.1f}k", size_text)
 
         row("original", r["baseline"])
         for s in r["steps"]:

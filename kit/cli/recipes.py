@@ -144,6 +144,7 @@ def register(app: typer.Typer) -> None:
         latency_budget_ms: Optional[float] = typer.Option(None, "--latency-budget-ms", min=0.0,
                                                           help="Skip training students slower than this on the device."),
         epochs: int = typer.Option(2, "--epochs", min=1, help="Distillation epochs per candidate."),
+        max_samples: Optional[int] = typer.Option(None, "--max-samples", min=2, help="Distil on the first N training samples."),
         train_teacher: int = typer.Option(3, "--train-teacher", min=0, help="Epochs to train the teacher first (0: as loaded)."),
         weights: Optional[Path] = typer.Option(None, "--weights"),
         results: Optional[Path] = typer.Option(None, "--results"),
@@ -175,6 +176,7 @@ def register(app: typer.Typer) -> None:
                 result = student_search(net, data, dev, store=store, space=space, strategy=strategy,
                                         time_budget_s=time_budget, max_candidates=max_candidates,
                                         latency_budget_ms=latency_budget_ms, distill_epochs=epochs,
+                                        distill_max_samples=max_samples,
                                         progress=progress, step=step)
         table = Table(title=f"Student search on '{result.device}' ({result.strategy}): {len(result.candidates)} of "
                             f"{result.space_size} tried, {result.measured} measured, {result.reused} reused, "

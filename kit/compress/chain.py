@@ -118,7 +118,7 @@ def _measure(model, ref_out: np.ndarray, data: Dataset, input_shape) -> dict:
         result["size"] = {"onnx_bytes": file_size(model), "onnx_gzip_bytes": gzip_size(model)}
     else:
         macs, params = count_macs_params(model, input_shape)
-        result.update(macs=macs, params=params)
+        result.update(macs=macs, param_count=params)
         if isinstance(model, nn.Module):
             result["size"] = weights_size(model)
             result["sparsity"] = global_sparsity(model)

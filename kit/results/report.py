@@ -228,8 +228,9 @@ def pareto_plot(points: list[Point], devices: dict[str, bool], colors: dict[str,
         front = _pareto(pts, value, better_high)
         if len(front) > 1:
             ax.step([p.p50_ms for p in front], [value(p) for p in front], where="post", color=c, alpha=0.6, linestyle="--")
-        for k, p in enumerate(sorted(pts, key=lambda p: p.p50_ms)):  # staggered: close points stay readable
-            ax.annotate(f"#{p.n}", (p.p50_ms, value(p)), textcoords="offset points", xytext=(4, 4 + 9 * (k % 3)), fontsize=8)
+        for k, p in enumerate(sorted(pts, key=lambda p: p.p50_ms)):  # staggered around the point: neighbours stay readable
+            ax.annotate(f"#{p.n}", (p.p50_ms, value(p)), textcoords="offset points", xytext=((4, 4), (4, -11), (-18, 4))[k % 3],
+                        fontsize=8)
     ax.set_xlabel("latency p50 (ms), whisker to p99")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
