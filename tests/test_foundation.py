@@ -118,3 +118,10 @@ def test_agent_json_schema(onnx_bundle):
     assert r["power"]["available"] is False and r["power"]["reason"]
     err = LocalDevice().run_agent(["bench", "--bundle", "/nonexistent"])
     assert err["ok"] is False and err["error"]["code"] and err["error"]["message"]
+
+
+def test_training_learns_digits(tiny_model, digits16):
+    """The shared fixture model is really trained (tests that quantize or prune it rely on that)."""
+    from kit.evaluate import accuracy, torch_predictor
+
+    assert accuracy(torch_predictor(tiny_model), digits16.test) > 0.7
