@@ -180,6 +180,9 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
     """
     if not candidates:
         raise EdgeKitError("recipe search needs at least one candidate recipe")
+    from kit.package.signing import load_private_key
+
+    load_private_key()  # every candidate is a signed bundle: a missing key fails here, not once per candidate
     step = step or (lambda label: None)
     out_dir = Path(out_dir)
     t0 = time.time()
@@ -252,6 +255,7 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
         best = min(feasible, key=lambda c: (c.p50_ms, c.size_bytes, -(c.accuracy or 0)))
         best.chosen = True
         result.chosen = best.recipe
+    store.finish_run(result.run_id)
     result.seconds = time.time() - t0
     return result
 

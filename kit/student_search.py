@@ -242,5 +242,6 @@ def student_search(teacher: torch.nn.Module, data: str | Splits, device, *, stor
         best = max(trained, key=lambda c: (c.accuracy, -c.p50_ms))
         best.chosen = True
         result.chosen = best.key
+    store.finish_run(run_id)
     result.seconds = time.time() - t0
     return result

@@ -160,12 +160,13 @@ def test_cluster_kmeans_and_log2_with_honest_sizes(cnn16, digits16, cnn16_top1, 
 def test_kd_student_beats_the_same_student_without_teacher(cnn16, digits16):
     """Few labels (50), many images: the student trained on the 50 labels alone plateaus, while the
     teacher's soft targets on 600 more (unlabelled) images carry what the labels lack. Same student
-    init and seed on both sides and the same number of optimiser steps; asserted on each of 3 seeds."""
+    init and seed on both sides and the same number of optimiser steps; asserted on each of 2 seeds
+    (measured margins: 16 and 14 points)."""
     from kit.compress.chain import run_chain
     from kit.models import TeacherCNN
 
     margins = []
-    for seed in range(3):
+    for seed in range(2):
         torch.manual_seed(seed)
         student = TeacherCNN(in_channels=1, num_classes=10, width=8)
         result = run_chain(student, [{"method": "distill", "epochs": 10, "max_samples": 50, "transfer_samples": 600,
@@ -173,7 +174,7 @@ def test_kd_student_beats_the_same_student_without_teacher(cnn16, digits16):
                            digits16, teacher=cnn16, eval_samples=300)
         info = result.report["steps"][0]["info"]
         margins.append(info["top1_with_teacher"] - info["top1_without_teacher"])
-    assert min(margins) > 0.02, margins
+    assert min(margins) > 0.05, margins
 
 
 def test_hint_distillation_with_adapter_and_mobilenet_student(cnn16, digits16):

@@ -114,15 +114,14 @@ def test_search_on_digits_picks_a_recipe_shows_the_front_and_reuses_measurements
     assert second.chosen in {n for n in names[:2]}
 
 
-def test_search_without_a_signing_key_reports_each_candidate(recipe_model, digits16, tmp_path, monkeypatch,
-                                                             private_build_cache):
+def test_search_without_a_signing_key_fails_before_any_work(recipe_model, digits16, tmp_path, monkeypatch):
     from kit.fleet import LocalDevice
     from kit.results.store import ResultsStore
     from kit.search import search
 
     monkeypatch.setenv("EDGEKIT_SIGNING_KEY", str(tmp_path / "missing.ed25519"))
     with ResultsStore(tmp_path / "r.db") as store:
-        result = search(recipe_model, digits16, LocalDevice(), [load_recipe("x86-64-fp32", ["input.image_size=16"])],
-                        store=store, out_dir=tmp_path / "out")
-    assert result.chosen is None and result.measured == 0
-    assert "signing key" in result.candidates[0].error and "keys init" in result.candidates[0].error
+        with pytest.raises(EdgeKitError, match="missing.ed25519.*keys init"):
+            search(recipe_model, digits16, LocalDevice(), [load_recipe("x86-64-fp32", ["input.image_size=16"])],
+                   store=store, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -15,7 +15,7 @@ from kit.student_search import StudentSpace, student_search
 
 
 def test_student_search_measures_distills_and_reuses(recipe_model, tmp_path, private_build_cache):
-    space = StudentSpace(widths=[0.25, 0.5], depths=[0.5], resolutions=[16])
+    space = StudentSpace(widths=[0.25, 0.5], depths=[0.5], resolutions=[8])  # digits are 8x8 scans
     db = tmp_path / "results.db"
     with ResultsStore(db) as store, LocalDevice() as device:
         first = student_search(recipe_model, "digits", device, store=store, space=space, strategy="grid",
@@ -29,7 +29,7 @@ def test_student_search_measures_distills_and_reuses(recipe_model, tmp_path, pri
         assert first.front and all(c.trained for c in first.front)
         assert first.chosen in [c.key for c in first.front]
         rows = store.db.execute("SELECT a.variant FROM measurements m JOIN artifacts a ON a.id = m.artifact_id").fetchall()
-        assert sorted(r[0] for r in rows) == ["student-search:student-w0.25-d0.5-r16", "student-search:student-w0.5-d0.5-r16"]
+        assert sorted(r[0] for r in rows) == ["student-search:student-w0.25-d0.5-r8", "student-search:student-w0.5-d0.5-r8"]
 
         # Second search, evolutionary, with a latency budget no student meets: every timing comes
         # from the store (the device's latency table), and nothing is trained.
@@ -58,12 +58,12 @@ def test_student_search_cli(recipe_model_file, tmp_path, capsys, private_build_c
 
     out = tmp_path / "students.json"
     code = main(["student-search", str(recipe_model_file), "--device", "local", "--data", "digits", "--train-teacher", "0",
-                 "--widths", "0.25", "--depths", "0.5", "--resolutions", "16", "--epochs", "1", "--max-samples", "128",
+                 "--widths", "0.25", "--depths", "0.5", "--resolutions", "8", "--epochs", "1", "--max-samples", "128",
                  "--results", str(tmp_path / "r.db"), "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     doc = json.loads(out.read_text())
     assert doc["measured"] == 1 and doc["trained"] == 1 and doc["space_size"] == 1
-    assert doc["chosen"] == [0.25, 0.5, 16]
+    assert doc["chosen"] == [0.25, 0.5, 8]
     assert "Student search on 'local'" in capsys.readouterr().out
     assert main(["student-search", "--widths", "a,b"]) == 2
     err = capsys.readouterr().err.strip()
