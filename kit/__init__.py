@@ -5,24 +5,50 @@ The public API: one verb per stage, plain dataclasses between stages.
 """
 
 from kit.compress import (
-    Distill, Int8Dynamic, Int8Static, OrtInt8Static, QuantizedModel, TrainConfig, distill, quantize, quantize_onnx, train,
+    QAT, Cluster, Distill, Int8Dynamic, Int8Static, LowRank, OrtInt8Dynamic, OrtInt8Static, Prune, PruneStructured,
+    QuantizedModel, TrainConfig, cluster, distill, lowrank, prune, prune_structured, qat, quantize, quantize_onnx,
+    quantize_onnx_dynamic, train,
 )
+from kit.compress.chain import METHODS, ChainResult, run_chain
+from kit.compress.job import compress_job
 from kit.data import Dataset, Splits, load_data, load_digits
 from kit.demo import DemoConfig, DemoResult, run_demo
 from kit.errors import EdgeKitError
 from kit.evaluate import accuracy, agreement, count_macs, count_params, torch_predictor
-from kit.fleet import BenchOptions, LocalDevice, Measurement, bench
+from kit.fleet import (
+    BenchOptions, DeviceEntry, Inventory, LocalDevice, Measurement, RolloutOptions, RolloutResult, SshDevice, bench,
+    connect, fleet_status, import_ansible, rollback_group, rollout,
+)
 from kit.models import TeacherCNN, load_model, mobilenet_student
-from kit.package import Bundle, package, runner_for
-from kit.results import ResultsStore
-from kit.results.report import write_report
+from kit.package import Bundle, BundleRefused, Verified, package, runner_for, verify
+from kit.package.signing import init_keys, public_key_paths
+from kit.recipes import Recipe, list_recipes, load_recipe
+from kit.recipes.apply import apply_recipe
+from kit.results import ResultsStore, check_against_baseline, compare, export, write_report, write_store_report
+from kit.search import search
+from kit.student_search import student_search
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Distill", "Int8Dynamic", "Int8Static", "OrtInt8Static", "QuantizedModel", "TrainConfig", "distill", "quantize",
-    "quantize_onnx", "train", "Dataset", "Splits", "load_data", "load_digits", "DemoConfig", "DemoResult", "run_demo",
-    "EdgeKitError", "accuracy", "agreement", "count_macs", "count_params", "torch_predictor", "BenchOptions",
-    "LocalDevice", "Measurement", "bench", "TeacherCNN", "load_model", "mobilenet_student", "Bundle", "package",
-    "runner_for", "ResultsStore", "write_report",
+    # data and models
+    "Dataset", "Splits", "load_data", "load_digits", "TeacherCNN", "load_model", "mobilenet_student",
+    # compression
+    "TrainConfig", "train", "Distill", "distill", "Int8Static", "Int8Dynamic", "QuantizedModel", "quantize", "QAT",
+    "qat", "OrtInt8Static", "OrtInt8Dynamic", "quantize_onnx", "quantize_onnx_dynamic", "Prune", "prune",
+    "PruneStructured", "prune_structured", "LowRank", "lowrank", "Cluster", "cluster", "METHODS", "ChainResult",
+    "run_chain", "compress_job",
+    # evaluation
+    "accuracy", "agreement", "count_macs", "count_params", "torch_predictor",
+    # recipes and search
+    "Recipe", "load_recipe", "list_recipes", "apply_recipe", "search", "student_search",
+    # packaging
+    "Bundle", "BundleRefused", "Verified", "package", "runner_for", "verify", "init_keys", "public_key_paths",
+    # devices and fleet
+    "BenchOptions", "Measurement", "bench", "LocalDevice", "DeviceEntry", "Inventory", "connect", "SshDevice",
+    "RolloutOptions", "RolloutResult", "rollout", "fleet_status", "rollback_group", "import_ansible",
+    # results
+    "ResultsStore", "compare", "check_against_baseline", "export", "write_report", "write_store_report",
+    # the whole job
+    "DemoConfig", "DemoResult", "run_demo", "EdgeKitError",
 ]

@@ -47,7 +47,7 @@ def test_candidates_follow_the_device_kind():
 
     kind = device_kind(LocalDevice())
     if kind is None:
-        pytest.skip(f"this host's architecture has no shipped recipes (only x86-64 hosts do)")
+        pytest.skip("this host's architecture has no shipped recipes (only x86-64 hosts do)")
     names = {r.name for r in candidates_for(kind)}
     assert {"x86-64-fp32", "x86-64-int8", "x86-64-int8-ort"} <= names
     assert not any(n.startswith("raspberry") for n in names)
