@@ -2,8 +2,8 @@
 
 The key is a sha256 over everything the output depends on: the model's architecture and weights,
 the recipe/step configuration, the data it was calibrated or trained on, and the versions of the
-kit and the libraries that produce the artifact. The cache lives in <config_dir>/cache (or
-$EDGEKIT_CACHE); entries are folders written to a temporary name and renamed into place, so a
+kit and the libraries that produce the artifact. The cache lives in $EDGEKIT_CACHE/builds (default
+~/.cache/edgekit/builds, beside the emulated Pi's root file systems); entries are folders written to a temporary name and renamed into place, so a
 killed build never leaves an entry that looks complete.
 """
 
@@ -20,12 +20,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from kit.config import config_dir
 
 
 def cache_dir() -> Path:
     env = os.environ.get("EDGEKIT_CACHE")
-    return Path(env) if env else config_dir() / "cache"
+    return (Path(env) if env else Path.home() / ".cache" / "edgekit") / "builds"
 
 
 def _versions() -> dict:
@@ -66,6 +65,12 @@ def build_key(**parts) -> str:
     """sha256 of JSON-able `parts` plus library versions."""
     blob = json.dumps({"parts": parts, "versions": _versions()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def lookup(key: str, root: Path | None = None) -> Path | None:
+    """The complete cache entry for `key`, or None."""
+    final = (root or cache_dir()) / key[:2] / key
+    return final if (final / ".complete").is_file() else None
 
 
 def cached(key: str, produce: Callable[[Path], None], root: Path | None = None) -> tuple[Path, bool]:

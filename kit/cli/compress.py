@@ -26,6 +26,7 @@ def register(app: typer.Typer) -> None:
         eval_samples: Optional[int] = typer.Option(None, "--eval-samples", min=1, help="Evaluate on the first N test samples."),
         override_budget: bool = typer.Option(False, "--override-budget", help="Package even if the accuracy budget is exceeded."),
         name: str = typer.Option("model", "--name", help="Model name recorded in the bundle."),
+        cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse an identical earlier run (same model, recipe, data, key)."),
     ):
         """Compress MODEL with a recipe's chain, gate it on the accuracy budget, package it, write report.json."""
         from kit.compress.job import compress_job, load_teacher
@@ -40,7 +41,8 @@ def register(app: typer.Typer) -> None:
         with progress_bars() as (progress, step):
             step(f"compress {model} with {rec.name}: {' -> '.join(s.get('method', '?') for s in rec.compress) or '(no steps)'}")
             outcome = compress_job(net, rec, splits, out, teacher=load_teacher(teacher, teacher_weights),
-                                   override_budget=override_budget, name=name, progress=progress, eval_samples=eval_samples)
+                                   override_budget=override_budget, name=name, progress=progress, eval_samples=eval_samples,
+                                   cache=cache)
         r = outcome.report
         table = Table(title=f"edgekit compress: {rec.name}")
         for col in ("stage", "top-1", "agree", "MACs", "params", "size"):

@@ -48,7 +48,45 @@ def _compact(chain_report: dict) -> dict:
 
 def compress_job(model: nn.Module, recipe, splits: Splits, out_dir: str | Path, *, teacher: nn.Module | None = None,
                  override_budget: bool = False, name: str = "model", progress: ProgressFn = None,
-                 eval_samples: int | None = None) -> CompressOutcome:
+                 eval_samples: int | None = None, cache: bool = True) -> CompressOutcome:
+    """Run the job, or, with `cache`, copy the result of an identical earlier run (kit.cache: the key
+    covers the model's weights, the teacher, the recipe, the data, the options and the signing key)."""
+    if not cache:
+        return _compress_job(model, recipe, splits, out_dir, teacher=teacher, override_budget=override_budget,
+                             name=name, progress=progress, eval_samples=eval_samples)
+    from kit.cache import build_key, cached, hash_arrays, hash_module, lookup
+    from kit.package.signing import key_id
+
+    key = build_key(kind="compress-job", model=hash_module(model), teacher=hash_module(teacher) if teacher else None,
+                    recipe=recipe.model_dump(mode="json", exclude={"source", "description"}),
+                    data=hash_arrays(splits.train.x, splits.train.y, splits.calib.x, splits.test.x, splits.test.y),
+                    name=name, override_budget=override_budget, eval_samples=eval_samples, signing_key=key_id())
+    out_dir = Path(out_dir)
+    hit = lookup(key)
+    if hit is None:
+        outcome = _compress_job(model, recipe, splits, out_dir, teacher=teacher, override_budget=override_budget,
+                                name=name, progress=progress, eval_samples=eval_samples)
+        cached(key, lambda folder: shutil.copytree(out_dir, folder, dirs_exist_ok=True))
+        return outcome
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for item in ("bundle", "model.pt", "report.json"):
+        src, dst = hit / item, out_dir / item
+        if src.is_dir():
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst)
+        elif src.is_file():
+            shutil.copyfile(src, dst)
+    report = json.loads((out_dir / "report.json").read_text())
+    bundle = out_dir / "bundle" if (out_dir / "bundle").is_dir() else None
+    checkpoint = out_dir / "model.pt" if (out_dir / "model.pt").is_file() else None
+    report.update(bundle=str(bundle) if bundle else None, checkpoint=str(checkpoint) if checkpoint else None, from_cache=True)
+    _write_json(out_dir / "report.json", report)
+    return CompressOutcome(out_dir, out_dir / "report.json", bundle, checkpoint, not report.get("refused", False), report)
+
+
+def _compress_job(model: nn.Module, recipe, splits: Splits, out_dir: str | Path, *, teacher: nn.Module | None = None,
+                  override_budget: bool = False, name: str = "model", progress: ProgressFn = None,
+                  eval_samples: int | None = None) -> CompressOutcome:
     from kit.package import package, runner_for
     from kit.recipes.apply import check_input
 
