@@ -96,7 +96,7 @@ def fast_connect(entry, **deadlines):
     """SshDevice with deadlines short enough for fault tests (a dead link is noticed in ~3 s)."""
     from kit.fleet.transport import Deadlines, SshDevice
 
-    d = {"connect_s": 3, "command_s": 20, "io_idle_s": 3, "transfer_s": 30, **deadlines}
+    d = {"connect_s": 10, "command_s": 90, "io_idle_s": 5, "transfer_s": 60, **deadlines}
     return SshDevice(entry, deadlines=Deadlines(**d), allow_agent=False)
 
 

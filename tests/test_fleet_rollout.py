@@ -52,7 +52,7 @@ def test_rollout_canary_batches_then_idempotent_then_upgrade(fleet_sshd, fleet_b
     # v2 on top: previous recorded, devices keep v1 as `previous`.
     old = _old(entries)
     r3 = _roll(fleet_bundles["v2"], entries, store, options=fast_options(canary=2, batch_size=3))
-    assert r3.status == rs.SUCCEEDED
+    assert r3.status == rs.SUCCEEDED, [(d.device, d.status, getattr(d, "error", None)) for d in r3.devices]
     assert all(d.previous_bundle_id == fleet_bundles["v1"].bundle_id for d in r3.devices)
     assert_consistent(r3, entries, "tiny", old)
 
