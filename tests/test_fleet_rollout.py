@@ -37,7 +37,7 @@ def test_rollout_canary_batches_then_idempotent_then_upgrade(fleet_sshd, fleet_b
     seen = []
     r1 = _roll(fleet_bundles["v1"], entries, store, options=fast_options(canary=1, batch_size=2),
                progress=lambda d: seen.append((d.device, d.stage, d.status)))
-    assert r1.status == rs.SUCCEEDED and r1.failures == 0
+    assert r1.status == rs.SUCCEEDED and r1.failures == 0, [(d.device, d.status, getattr(d, "error", None)) for d in r1.devices]
     assert [d.status for d in r1.devices] == [rs.UPDATED] * 4
     assert all(current_id(e, "tiny") == fleet_bundles["v1"].bundle_id for e in entries)
     # The canary finished before any batch device started.

@@ -352,7 +352,9 @@ class SshDevice:
                                 on_stderr(line.decode(errors="replace"))
                     if got:
                         continue
-                    if chan.exit_status_ready() or chan.closed:
+                    # sshd may send exit-status before the last of the output: the command is done
+                    # only once EOF has arrived too (else trailing stdout is silently lost).
+                    if (chan.exit_status_ready() and chan.eof_received) or chan.closed:
                         if not (chan.recv_ready() or chan.recv_stderr_ready()):
                             break
                         continue
@@ -360,7 +362,10 @@ class SshDevice:
                         raise _DeadlineExpired()
                     if not transport.is_active():
                         raise EdgeKitError(f"device {self.name}: the connection dropped while running {command.split()[0]!r}")
-                    chan.status_event.wait(0.02)
+                    if chan.exit_status_ready():
+                        time.sleep(0.005)  # exit status in, EOF still on its way: do not spin
+                    else:
+                        chan.status_event.wait(0.02)
                 code = chan.recv_exit_status() if chan.exit_status_ready() else -1
             finally:
                 chan.close()
