@@ -40,6 +40,7 @@ import paramiko
 from paramiko.sftp import CMD_EXTENDED
 
 import device_agents
+from device_agents.bundle import sha256_file
 from kit.config import config_dir
 from kit.errors import EdgeKitError
 from kit.fleet.inventory import DeviceEntry
@@ -102,20 +103,12 @@ def local_tree(root: Path, *, only_suffix: tuple[str, ...] | None = None) -> lis
     return out
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def tree_digest(files: list[tuple[str, Path]]) -> tuple[str, dict[str, str]]:
     """Content address of a folder: sha256 over (name, sha256, size) of every file, by name.
 
     device_agents/forced.py computes the same digest for bundles received behind a forced command.
     """
-    shas = {rel: _sha256(p) for rel, p in files}
+    shas = {rel: sha256_file(p) for rel, p in files}
     h = hashlib.sha256()
     for rel, p in sorted(files):
         h.update(f"{rel}\0{shas[rel]}\0{p.stat().st_size}\n".encode())

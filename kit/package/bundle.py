@@ -34,18 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
+from device_agents.bundle import sha256_file  # the device computes it the same way: one implementation
 from kit.errors import EdgeKitError
 
 SCHEMA_VERSION = 1
 RUNTIMES = {".pte": "executorch", ".onnx": "onnxruntime", ".ort": "onnxruntime"}
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
