@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_facts, emit, measured_peak_gflops, theoretical_peak_gflops, time_fn  # noqa: E402
 
 from kit.compress import Int8Static, OrtInt8Static, quantize, quantize_onnx  # noqa: E402
+from kit.compress.ort_quant import auto_activation_type  # noqa: E402
 from kit.data import Dataset  # noqa: E402
 from kit.evaluate import count_macs  # noqa: E402
 from kit.fleet import BenchOptions, LocalDevice, bench  # noqa: E402
@@ -75,7 +76,12 @@ def bench_model(name: str, size: int, threads: int, runs: int, work: Path, devic
     measure("pte-int8", lambda: quantize(model, Int8Static(per_channel=True, calib_batches=1, batch_size=16), calib), "executorch")
     fp32_onnx = measure("ort-fp32", lambda: model, "onnx")
     q_path = work / f"{name}-int8.onnx"
+    # activation_type="auto": uint8 on x86-64, int8 on ARM (kit.compress.ort_quant explains why).
     measure("ort-int8-qdq", lambda: quantize_onnx(fp32_onnx.model_file, OrtInt8Static(max_samples=16), calib, q_path), "onnx")
+    if auto_activation_type() != "int8":  # side by side: what ORT's s8s8 default would have given here
+        q8 = work / f"{name}-int8-s8s8.onnx"
+        measure("ort-int8-qdq-s8s8", lambda: quantize_onnx(fp32_onnx.model_file, OrtInt8Static(max_samples=16, activation_type="int8"),
+                                                           calib, q8), "onnx")
     # Structured pruning (fine-tuning aside, the pruned net's latency is what the device sees).
     pruned = _variants_pruned(model, x)
     out["pruned_macs"] = count_macs(pruned, x.shape)
@@ -89,7 +95,28 @@ def bench_model(name: str, size: int, threads: int, runs: int, work: Path, devic
     for v, row in out["variants"].items():
         row["speedup_vs_eager"] = round(ev / row["p50_ms"], 3)
         row["speedup_vs_pte_fp32"] = round(pte / row["p50_ms"], 3)
+    out["not_faster_than_twin"] = not_faster(out["variants"])
     return out
+
+
+def twin_of(variant: str) -> str | None:
+    """The uncompressed artifact a compressed variant must beat: same runtime, fp32."""
+    if variant.startswith("pte-") and variant != "pte-fp32":
+        return "pte-fp32"
+    if variant.startswith("ort-") and variant != "ort-fp32":
+        return "ort-fp32"
+    return None
+
+
+def not_faster(variants: dict) -> list[str]:
+    """Say it plainly wherever compression did not buy speed on this CPU (issue 9)."""
+    lines = []
+    for v, row in variants.items():
+        twin = twin_of(v)
+        if twin in variants and row["p50_ms"] >= variants[twin]["p50_ms"]:
+            lines.append(f"{v} is {variants[twin]['p50_ms'] / row['p50_ms']:.2f}x {twin} on this CPU "
+                         f"(p50 {row['p50_ms']:.2f} ms vs {variants[twin]['p50_ms']:.2f} ms)")
+    return lines
 
 
 def main() -> None:
@@ -107,6 +134,7 @@ def main() -> None:
     theory = theoretical_peak_gflops(facts, args.threads)
     doc = {"cpu": facts, "threads": args.threads, "input": [1, 3, args.size, args.size],
            "peak_gflops": {"measured_gemm": round(peak, 1), "theoretical": theory},
+           "ort_activation_type": auto_activation_type(),
            "note": "x_roofline = p50 / (2 x MACs / fp32 peak), peak = max(theoretical, measured GEMM); int8 rows "
                    "can go below 1 since int8 kernels are not bound by the fp32 roof", "models": {}}
     with tempfile.TemporaryDirectory() as tmp, LocalDevice() as device:

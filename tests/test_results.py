@@ -342,3 +342,27 @@ def test_cli_results_compare_report(filled_store, tmp_path, capsys, monkeypatch)
     assert code == 2 and err.count("\n") == 1 and "compare two runs" in err
     code, _, err = _cli(capsys, "results", "list", "--results", str(tmp_path / "none.db"))
     assert code == 2 and "no such file" in err and not (tmp_path / "none.db").exists()
+
+
+def test_cli_bench_says_when_compressed_is_not_faster_than_its_twin(filled_store, store_copy, digits16, bundles_dir,
+                                                                     capsys, monkeypatch):
+    """`edgekit bench` pairs the new measurement with its uncompressed twin in the store and prints the ratio."""
+    from kit.cli import _ui
+    from kit.package import package
+
+    monkeypatch.setattr(_ui.stdout, "_width", 300)
+    db = str(store_copy)
+    # A "compressed" build that does ~30x the work of the fp32 twin: the kit must say it is slower.
+    torch.manual_seed(0)
+    slow = package(_Slower().eval(), "executorch", bundles_dir / "tiny-slow-int8-pte", digits16.test.x[:1], name="tiny")
+    code, out, _ = _cli(capsys, "bench", str(slow.path), "--device", "local", "--results", db, "--runs", str(BENCH_RUNS),
+                        "--variant", "tiny-int8-slow-pte")
+    assert code == 0, out
+    line = re.search(r"not faster: tiny-int8-slow-pte is (\d\.\d\d)x tiny-fp32-pte on local \(slower beyond noise", out)
+    assert line and float(line.group(1)) < 0.5, out
+    # Benching the uncompressed twin lists every compressed artifact of the same model against it.
+    code, out, _ = _cli(capsys, "bench", str(filled_store.variants["tiny-fp32-pte"].path), "--device", "local",
+                        "--results", db, "--runs", str(BENCH_RUNS), "--variant", "tiny-fp32-pte")
+    assert code == 0 and "tiny-int8-slow-pte is" in out and re.search(r"tiny-int8-pte is \d\.\d\dx tiny-fp32-pte on local", out), out
+    # The .onnx of the same model has no uncompressed twin other than itself: no line for it.
+    assert "tiny-fp32-onnx is" not in out

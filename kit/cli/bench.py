@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from kit.cli._ui import progress_bars, stdout
@@ -19,7 +20,7 @@ class BenchRecord:
     results: str
     measurement: object
     regression: object | None = None
-    notes: list[str] = field(default_factory=list)
+    twins: list = field(default_factory=list)  # kit.results.report.Speedup: compressed vs uncompressed twin
 
 
 def bench_to_store(bundle_path: Path, device: str, *, runs: int, warmup: int, threads: int, inventory: Path | None,
@@ -56,12 +57,15 @@ def bench_to_store(bundle_path: Path, device: str, *, runs: int, warmup: int, th
         mid = store.record(run_id, bundle, measurement, variant or bundle.manifest.get("variant") or bundle.path.name,
                            emulated=getattr(entry[0], "emulated", None))
         store.finish_run(run_id)
+        from kit.results.report import twin_speedups
+
+        twins = twin_speedups(store, mid)
         verdict = None
         if baseline is not None:
             from kit.results.regression import check_against_baseline
 
             verdict = check_against_baseline(store, run_id, baseline)
-    return BenchRecord(run_id, mid, str(path), measurement, verdict)
+    return BenchRecord(run_id, mid, str(path), measurement, verdict, twins)
 
 
 def register(app: typer.Typer) -> None:
@@ -93,6 +97,10 @@ def register(app: typer.Typer) -> None:
         power = m.power or {}
         stdout.print(f"power: {power.get('mean_w', '')} W" if power.get("available") else f"power: n/a ({power.get('reason', '')})")
         stdout.print(f"stored as run {rec.run_id} (measurement {rec.measurement_id}) in {rec.results}")
+        # Say it when compression did not pay off on this device, rather than leave it to the report.
+        for s in rec.twins:
+            style = "green" if s.verdict == "faster" else "bold yellow"
+            stdout.print(f"[{style}]{'' if s.verdict == 'faster' else 'not faster: '}{escape(s.honest_line)}")
         if rec.regression is not None:
             v = rec.regression
             rt = Table(title=f"run {v.run_id} vs baseline run {v.baseline_run_id}")

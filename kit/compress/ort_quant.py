@@ -1,7 +1,13 @@
 """Int8 quantization for ONNX Runtime: quantize_static (QDQ, per-channel, MinMax/Entropy/Percentile
 calibration through a CalibrationDataReader) and quantize_dynamic.
 
-Defaults follow ORT's CPU advice (QDQ, int8 symmetric per-channel weights). DESIGN.md's held-out
+Defaults follow ORT's CPU advice (QDQ, int8 symmetric per-channel weights). Activations default to
+"auto": uint8 when the model will run on x86-64, int8 on ARM. Measured on x86-64 (benchmarks/
+runtime.py, 2 threads): with int8 activations ORT's CPU provider leaves many Conv nodes as
+DequantizeLinear -> float Conv -> QuantizeLinear (no s8s8 QLinearConv fusion on x86), so the "int8"
+model ran 1.2x (MobileNetV2) to 4x (MobileNetV3-Small) SLOWER than fp32; with uint8 activations
+every Conv fuses and ResNet-18 runs 3x faster than fp32. On ARM, ORT's s8s8 kernels are the fast
+path (SDOT), so ARM keeps int8. DESIGN.md's held-out
 lesson: symmetric per-channel MinMax can be poor on real weights; `weight_symmetric=False`,
 16-bit activations (`activation_type="uint16"`) or `nodes_to_exclude` recover it. Measure SQNR.
 """
@@ -20,6 +26,15 @@ from kit.errors import EdgeKitError
 
 CALIBRATIONS = ("MinMax", "Entropy", "Percentile")
 QTYPES = ("int8", "uint8", "int16", "uint16")
+X86_ARCHES = ("x86_64", "amd64", "x86-64", "i686", "x86")
+
+
+def auto_activation_type(target_arch: str | None = None) -> str:
+    """ORT activation type for the CPU the model will run on (host CPU when not named)."""
+    import platform
+
+    arch = (target_arch or platform.machine()).lower()
+    return "uint8" if arch in X86_ARCHES else "int8"
 
 
 @dataclass
@@ -28,7 +43,7 @@ class OrtInt8Static:
     calibration: str = "MinMax"  # MinMax | Entropy | Percentile
     max_samples: int = 256
     percentile: float = 99.999  # for calibration=Percentile
-    activation_type: str = "int8"  # int8 | uint8 | int16 | uint16
+    activation_type: str = "auto"  # auto (uint8 on x86-64, int8 on ARM) | int8 | uint8 | int16 | uint16
     weight_type: str = "int8"  # int8 | uint8
     weight_symmetric: bool = True
     nodes_to_exclude: list[str] = field(default_factory=list)  # ONNX node names kept in float
@@ -37,7 +52,7 @@ class OrtInt8Static:
     def __post_init__(self):
         if self.calibration not in CALIBRATIONS:
             raise EdgeKitError(f"calibration={self.calibration!r}: choose one of {', '.join(CALIBRATIONS)}")
-        for name, value, allowed in (("activation_type", self.activation_type, QTYPES),
+        for name, value, allowed in (("activation_type", self.activation_type, ("auto",) + QTYPES),
                                      ("weight_type", self.weight_type, QTYPES[:2])):
             if value not in allowed:
                 raise EdgeKitError(f"ort_quantize {name}={value!r}: choose one of {', '.join(allowed)}")
@@ -109,8 +124,10 @@ def preprocess(model_path: str | Path, out_path: str | Path) -> Path:
 
 def quantize_onnx(model_path: str | Path, config: OrtInt8Static, calib: Dataset, out_path: str | Path, *,
                   nodes_to_quantize: list[str] | None = None, calibration_cache: str | Path | None = None,
-                  preprocessed: bool = False) -> Path:
-    """Write a QDQ copy of `model_path` to `out_path`, calibrated on `calib`."""
+                  preprocessed: bool = False, target_arch: str | None = None) -> Path:
+    """Write a QDQ copy of `model_path` to `out_path`, calibrated on `calib`.
+
+    `target_arch` (e.g. "aarch64", "x86_64"; default: this host) resolves activation_type="auto"."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat
     from onnxruntime.quantization import quantize_static as _quantize_static
@@ -124,6 +141,9 @@ def quantize_onnx(model_path: str | Path, config: OrtInt8Static, calib: Dataset,
         raise EdgeKitError(f"model file {model_path}: no such file")
     _check_nodes(model_path, config.nodes_to_exclude, "ort_quantize nodes_to_exclude")
     input_name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
+    activation = config.activation_type
+    if activation == "auto":
+        activation = auto_activation_type(target_arch)
     extra = {"WeightSymmetric": config.weight_symmetric}
     if config.calibration == "Percentile":
         extra["CalibPercentile"] = config.percentile
@@ -135,7 +155,7 @@ def quantize_onnx(model_path: str | Path, config: OrtInt8Static, calib: Dataset,
         root.setLevel(max(saved_level, logging.ERROR))  # ORT logs per-node chatter on the root logger; restored below
         try:
             _quantize_static(str(pre), str(tmp_out), _reader(input_name, calib, config.max_samples), quant_format=QuantFormat.QDQ,
-                            per_channel=config.per_channel, activation_type=_qtype(config.activation_type),
+                            per_channel=config.per_channel, activation_type=_qtype(activation),
                             weight_type=_qtype(config.weight_type),
                             calibrate_method=getattr(CalibrationMethod, config.calibration),
                             nodes_to_exclude=list(config.nodes_to_exclude) or None, nodes_to_quantize=nodes_to_quantize,

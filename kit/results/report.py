@@ -136,6 +136,20 @@ def speedups(points: list[Point], confidence: float = 0.99) -> list[Speedup]:
     return out
 
 
+def twin_speedups(store, measurement_id: int, confidence: float = 0.99) -> list[Speedup]:
+    """The twin comparisons one new measurement takes part in: the benched artifact against its
+    uncompressed twin, or (when it is the uncompressed one) every compressed artifact of the same
+    model, runtime, device and thread count, each by its newest measurement."""
+    rows = store.measurements()
+    new = next((r for r in rows if r["id"] == measurement_id), None)
+    if new is None:
+        return []
+    same = ("model_name", "runtime", "device", "threads")
+    peers = [r for r in store.latest_measurements(device=new["device"]) if all(r[k] == new[k] for k in same)]
+    points = [Point(i + 1, decode(r)) for i, r in enumerate(peers)]
+    return [s for s in speedups(points, confidence) if measurement_id in (s.compressed.row["id"], s.twin.row["id"])]
+
+
 def _pareto(points: list[Point], value, better_high: bool) -> list[Point]:
     """Points no other point beats on both latency (lower) and `value` (higher or lower)."""
     front, best = [], None
