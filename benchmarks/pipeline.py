@@ -1,6 +1,6 @@
 """Host pipeline speed (issue 9): compress + package MobileNetV2 (224x224) for each target, then
 the same again unchanged. The second run goes through the content-addressed build cache
-(kit.cache: model weights + recipe + data + signing key + library versions), so it should skip
+(kit.cache: model weights + recipe + data + signing key + library versions + the kit's own code), so it should skip
 the work: the JSON gives both times and their ratio, measured in one run.
 
     python benchmarks/pipeline.py [--recipes x86-64-int8,x86-64-int8-ort,android-arm64-ort]

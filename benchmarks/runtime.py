@@ -65,7 +65,9 @@ def bench_model(name: str, size: int, threads: int, runs: int, work: Path, devic
         build_s[variant] = round(time.time() - t0, 1)
         m = bench(device, b, opts)
         row = {"p50_ms": m.p50_ms, "p90_ms": m.p90_ms, "cv": m.cv, "size_bytes": b.manifest["model"]["size"],
-               "load_ms": m.load_ms, "reference_passed": m.reference_passed}
+               "load_ms": m.load_ms, "reference_passed": m.reference_passed,
+               # the agent's own timing cost per run (a timed no-op), as a fraction of this p50 (target < 1%)
+               "agent_overhead_fraction": (m.raw.get("agent_overhead") or {}).get("fraction_of_p50")}
         if "delegation" in b.manifest:
             row["delegation_coverage"] = b.manifest["delegation"]["coverage"]
             row["non_delegated_ops"] = b.manifest["delegation"]["non_delegated_ops"]

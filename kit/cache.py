@@ -61,9 +61,20 @@ def hash_arrays(*arrays: np.ndarray | None) -> str:
     return h.hexdigest()
 
 
+def _kit_code() -> str:
+    """sha256 of the kit's own source: a changed exporter or quantizer must not be served an artifact
+    the old code built (an editable install keeps its version number across edits)."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 def build_key(**parts) -> str:
-    """sha256 of JSON-able `parts` plus library versions."""
-    blob = json.dumps({"parts": parts, "versions": _versions()}, sort_keys=True, default=str)
+    """sha256 of JSON-able `parts` plus library versions and the kit's own code."""
+    blob = json.dumps({"parts": parts, "versions": _versions(), "kit_code": _kit_code()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

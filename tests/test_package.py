@@ -106,7 +106,7 @@ def test_mostly_undelegated_model_gets_a_warning(tmp_path):
 
     class Scan(torch.nn.Module):  # cumsum and flip have no XNNPACK kernels: portable fallbacks
         def forward(self, x):
-            return torch.cumsum(torch.sin(x), -1).flip(-1) * 2
+            return torch.cumsum(torch.sin(x), -1).flip(-1).cumsum(-2) * 2
 
     bundle = package(Scan(), "executorch", tmp_path / "scan", np.ones((1, 1, 4, 4), np.float32), name="scan")
     d = bundle.manifest["delegation"]
