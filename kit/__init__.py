@@ -24,7 +24,7 @@ from kit.package import Bundle, BundleRefused, Verified, package, runner_for, ve
 from kit.package.signing import init_keys, public_key_paths
 from kit.recipes import Recipe, list_recipes, load_recipe
 from kit.recipes.apply import apply_recipe
-from kit.results import ResultsStore, check_against_baseline, compare, export, write_report, write_store_report
+from kit.results import ResultsStore, check_against_baseline, compare, export, twin_speedups, write_report, write_store_report
 from kit.search import search
 from kit.student_search import student_search
 
@@ -48,7 +48,7 @@ __all__ = [
     "BenchOptions", "Measurement", "bench", "LocalDevice", "DeviceEntry", "Inventory", "connect", "SshDevice",
     "RolloutOptions", "RolloutResult", "rollout", "fleet_status", "rollback_group", "import_ansible",
     # results
-    "ResultsStore", "compare", "check_against_baseline", "export", "write_report", "write_store_report",
+    "ResultsStore", "compare", "check_against_baseline", "export", "twin_speedups", "write_report", "write_store_report",
     # the whole job
     "DemoConfig", "DemoResult", "run_demo", "EdgeKitError",
 ]

@@ -140,8 +140,7 @@ def twin_speedups(store, measurement_id: int, confidence: float = 0.99) -> list[
     """The twin comparisons one new measurement takes part in: the benched artifact against its
     uncompressed twin, or (when it is the uncompressed one) every compressed artifact of the same
     model, runtime, device and thread count, each by its newest measurement."""
-    rows = store.measurements()
-    new = next((r for r in rows if r["id"] == measurement_id), None)
+    new = store.measurement(measurement_id)
     if new is None:
         return []
     same = ("model_name", "runtime", "device", "threads")

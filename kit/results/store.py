@@ -356,6 +356,11 @@ class ResultsStore:
             latest[(r["sha256"], r["device"], r["threads"])] = r
         return sorted(latest.values(), key=lambda r: r["id"])
 
+    def measurement(self, measurement_id: int) -> dict | None:
+        """One measurement row (joined like measurements()), or None."""
+        row = self.db.execute(_MEASUREMENT_SELECT + " WHERE m.id = ?", (measurement_id,)).fetchone()
+        return dict(row) if row else None
+
     def find_measurement(self, sha256: str, device: str, threads: int) -> dict | None:
         """The newest measurement of the artifact `sha256` on `device` with `threads`, or None.
 
