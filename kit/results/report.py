@@ -143,9 +143,8 @@ def twin_speedups(store, measurement_id: int, confidence: float = 0.99) -> list[
     new = store.measurement(measurement_id)
     if new is None:
         return []
-    same = ("model_name", "runtime", "device", "threads")
-    peers = [r for r in store.latest_measurements(device=new["device"]) if all(r[k] == new[k] for k in same)]
-    points = [Point(i + 1, decode(r)) for i, r in enumerate(peers)]
+    # speedups() does the pairing (same model name, runtime, device, threads); keep the new row's pairs.
+    points = [Point(i + 1, decode(r)) for i, r in enumerate(store.latest_measurements(device=new["device"]))]
     return [s for s in speedups(points, confidence) if measurement_id in (s.compressed.row["id"], s.twin.row["id"])]
 
 
