@@ -536,7 +536,7 @@ class SshDevice:
                 if old:
                     self._rmtree(old)
         except (OSError, EOFError, paramiko.SSHException) as e:
-            if self._client is None or not self._client.get_transport() or not self._client.get_transport().is_active():
+            if self._connection_lost(e):
                 self._hard_close()
                 raise EdgeKitError(f"device {self.name}: the connection dropped while pushing {label} ({type(e).__name__}: "
                                    f"{e}); nothing was installed, push again when the device is back") from None
@@ -548,6 +548,16 @@ class SshDevice:
             self._cleanup(staging)
             raise
         return True
+
+    def _connection_lost(self, e: BaseException) -> bool:
+        """A dead link, as opposed to the server refusing a write. A server refusal (full disk, no
+        permission) arrives as an SFTP status with a message ("Failure", "Permission denied"); a link
+        cut mid-write can surface as a bare EOFError/OSError() before paramiko's transport thread has
+        marked itself inactive, so the transport state alone would misread it as a full disk."""
+        if isinstance(e, (EOFError, ConnectionError, paramiko.SSHException)) or not str(e).strip():
+            return True
+        transport = self._client.get_transport() if self._client is not None else None
+        return transport is None or not transport.is_active()
 
     def _cleanup(self, staging: str) -> None:
         """Best effort: remove a half-written .part folder if the connection still works."""
