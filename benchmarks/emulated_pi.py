@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 from _common import cpu_facts, emit  # noqa: E402
 
-from kit.fleet import BenchOptions, LocalDevice, bench  # noqa: E402
-from kit.fleet.emulate import build_rootfs, start_pi, stop_pi  # noqa: E402
-from kit.fleet.transport import SshDevice  # noqa: E402
+from kit.devices import BenchOptions, LocalDevice, bench  # noqa: E402
+from kit.testbed.emulated_pi import build_rootfs, start_pi, stop_pi  # noqa: E402
+from kit.devices.ssh.transport import SshDevice  # noqa: E402
 from kit.models import mobilenet_student  # noqa: E402
 from kit.package import package  # noqa: E402
 from kit.package.signing import init_keys  # noqa: E402

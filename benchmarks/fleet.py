@@ -84,7 +84,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ekbench-fleet-"))
     os.environ.setdefault("EDGEKIT_CONFIG_DIR", str(work / "config"))
     from kit.fleet.rollout import RolloutOptions, rollout
-    from kit.fleet.transport import SshDevice
+    from kit.devices.ssh.transport import SshDevice
     from kit.package.signing import ensure_keys
     from tests.fixtures_fleet import make_bundle
     from tests.fixtures_sshd import SshdFactory

@@ -93,9 +93,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     args = ap.parse_args()
 
-    from kit.fleet.bench import BenchOptions, bench
-    from kit.fleet.local import LocalDevice
-    from kit.fleet.transport import SshDevice
+    from kit.devices.bench import BenchOptions, bench
+    from kit.devices.local import LocalDevice
+    from kit.devices.ssh.transport import SshDevice
     from tests.fixtures_sshd import SshdFactory
 
     work = Path(tempfile.mkdtemp(prefix="edgekit-measurement-"))

@@ -30,7 +30,7 @@ from kit.compress import Int8Static, OrtInt8Static, quantize, quantize_onnx  # n
 from kit.compress.ort_quant import auto_activation_type  # noqa: E402
 from kit.data import Dataset  # noqa: E402
 from kit.evaluate import count_macs  # noqa: E402
-from kit.fleet import BenchOptions, LocalDevice, bench  # noqa: E402
+from kit.devices import BenchOptions, LocalDevice, bench  # noqa: E402
 from kit.models import mobilenet_student  # noqa: E402
 from kit.package import package  # noqa: E402
 

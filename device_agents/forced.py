@@ -4,7 +4,7 @@ Hardened set-up (on the device, in ~/.ssh/authorized_keys, one line; HOME = the 
 
     restrict,command="env EDGEKIT_HOME=/home/pi/.edgekit PYTHONPATH=/home/pi/.edgekit/agent/0.1.0 python3 -m device_agents.forced" ssh-ed25519 AAAA... edgekit-bench
 
-(kit.fleet.transport.authorized_keys_line() prints exactly this line for a key.) `restrict` turns
+(kit.devices.ssh.transport.authorized_keys_line() prints exactly this line for a key.) `restrict` turns
 off port/agent/X11 forwarding and the pty; `command=` makes sshd run this module whatever the
 client asked for, handing the request over in SSH_ORIGINAL_COMMAND. This module never gives that
 string to a shell: it refuses shell metacharacters outright, splits it with shlex, accepts only
@@ -181,7 +181,7 @@ def _opts_of(argv: list[str]) -> dict:
 
 
 def tree_digest(root: str) -> str:
-    """The host's content address (kit.fleet.transport.tree_digest): (name, sha256, size) by name."""
+    """The host's content address (kit.devices.ssh.transport.tree_digest): (name, sha256, size) by name."""
     rows = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = [d for d in dirnames if d != "__pycache__"]

@@ -12,21 +12,18 @@ from kit.compress import (
 from kit.compress.chain import METHODS, ChainResult, run_chain
 from kit.compress.job import compress_job
 from kit.data import Dataset, Splits, load_data, load_digits
-from kit.demo import DemoConfig, DemoResult, run_demo
+from kit.pipeline.demo import DemoConfig, DemoResult, run_demo
 from kit.errors import EdgeKitError
 from kit.evaluate import accuracy, agreement, count_macs, count_params, torch_predictor
-from kit.fleet import (
-    BenchOptions, DeviceEntry, Inventory, LocalDevice, Measurement, RolloutOptions, RolloutResult, SshDevice, bench,
-    connect, fleet_status, import_ansible, rollback_group, rollout,
-)
+from kit.devices import BenchOptions, DeviceEntry, Inventory, LocalDevice, Measurement, SshDevice, bench, connect, import_ansible
+from kit.fleet import RolloutOptions, RolloutResult, fleet_status, rollback_group, rollout
 from kit.models import TeacherCNN, load_model, mobilenet_student
 from kit.package import Bundle, BundleRefused, Verified, package, runner_for, verify
 from kit.package.signing import init_keys, public_key_paths
 from kit.recipes import Recipe, list_recipes, load_recipe
 from kit.recipes.apply import apply_recipe
 from kit.results import ResultsStore, check_against_baseline, compare, export, twin_speedups, write_report, write_store_report
-from kit.search import search
-from kit.student_search import student_search
+from kit.search import search, student_search
 
 __version__ = "0.1.0"
 

@@ -3,7 +3,7 @@
 API (other areas may use it in tests marked @pytest.mark.arm):
 
     pi_signing_keys   session-scoped (private, public) signing key pair in a temporary folder
-    emulated_pi       session-scoped kit.fleet.emulate.EmulatedPi, started once, stopped by PID at the
+    emulated_pi       session-scoped kit.testbed.emulated_pi.EmulatedPi, started once, stopped by PID at the
                       end; .entry() is its DeviceEntry (emulated=True, its own known_hosts), its agent
                       trusts pi_signing_keys' public key. The device name is unique per test session.
 
@@ -47,7 +47,7 @@ def emulated_pi(tmp_path_factory, pi_signing_keys):
     if reason:
         print(f"SKIP emulated Pi: {reason}")
         pytest.skip(f"emulated Pi: {reason}")
-    from kit.fleet.emulate import BINFMT_DIR, BINFMT_NAME, running, start_pi, stop_pi
+    from kit.testbed.emulated_pi import BINFMT_DIR, BINFMT_NAME, running, start_pi, stop_pi
 
     handler_before = (BINFMT_DIR / BINFMT_NAME).exists()
     name = f"pi-test-{os.getpid()}"

@@ -94,7 +94,7 @@ def fleet_bundles(fleet_keys, tmp_path_factory):
 
 def fast_connect(entry, **deadlines):
     """SshDevice with deadlines short enough for fault tests (a dead link is noticed in ~3 s)."""
-    from kit.fleet.transport import Deadlines, SshDevice
+    from kit.devices.ssh.transport import Deadlines, SshDevice
 
     d = {"connect_s": 10, "command_s": 90, "io_idle_s": 5, "transfer_s": 60, **deadlines}
     return SshDevice(entry, deadlines=Deadlines(**d), allow_agent=False)

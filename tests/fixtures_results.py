@@ -1,6 +1,6 @@
 """Fixtures for the results store and report tests: a store filled with real measurements.
 
-Every latency figure comes from the real device agent (kit.fleet.bench on LocalDevice) running
+Every latency figure comes from the real device agent (kit.devices.bench on LocalDevice) running
 the conftest bundles and an int8 twin of the same tiny model. The only invention is a second
 device label: the same local agent recorded as an *emulated* device, so the report's emulated mark
 can be checked (this machine has no emulated device of its own in the test budget).
@@ -29,7 +29,7 @@ class _LabelledLocalDevice:
     """The real local agent under another device name (used for the 'emulated' label only)."""
 
     def __init__(self, name: str):
-        from kit.fleet import LocalDevice
+        from kit.devices import LocalDevice
 
         self._local = LocalDevice()
         self.name = name
@@ -55,7 +55,7 @@ def int8_pte_bundle(edgekit_signing_key, tiny_model, digits16, bundles_dir):
 def filled_store(edgekit_signing_key, tmp_path_factory, digits16, pte_bundle, int8_pte_bundle, onnx_bundle) -> FilledStore:
     """Run 1: fp32/int8 .pte + fp32 .onnx on 'local', fp32 .pte on an 'emulated' label; run 2: the two .pte again."""
     from kit.evaluate import accuracy
-    from kit.fleet import BenchOptions, LocalDevice, bench
+    from kit.devices import BenchOptions, LocalDevice, bench
     from kit.package import runner_for
     from kit.results.store import ResultsStore
 

@@ -10,7 +10,7 @@ API (other areas: fleet, emulated Pi, ... use these):
         entry.home = a fresh folder unless `home` is given). Everything is stopped by PID when
         the test ends, pass or fail.
         forced_command=True pins the returned entries' key to the forced-command agent
-        (device_agents/forced.py) with kit.fleet.transport.authorized_keys_line(); a string is
+        (device_agents/forced.py) with kit.devices.ssh.transport.authorized_keys_line(); a string is
         used as the command itself. The unrestricted enrolment key stays available as
         server.entry(forced=False): push the agent with it once (SshDevice.ensure_agent()); the
         forced entry then benches and receives bundles, but has no SFTP and no shell.
@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from kit.fleet.inventory import DeviceEntry
+from kit.devices.inventory import DeviceEntry
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -103,7 +103,7 @@ class SshdServer:
             if isinstance(forced_command, str):
                 self.add_key(self._pub(self.forced_key), forced_command=forced_command)
             else:  # the line the kit documents for the hardened set-up, used as is
-                from kit.fleet.transport import authorized_keys_line
+                from kit.devices.ssh.transport import authorized_keys_line
 
                 with open(self.authorized_keys, "a") as f:
                     f.write(authorized_keys_line(self._pub(self.forced_key), python=self.python, home=str(self.home)) + "\n")

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from pydantic import BaseModel, ConfigDict
 
-from kit.fleet.local import LocalDevice
+from kit.devices.local import LocalDevice
 from kit.package.bundle import write_bundle
 
 SHAPE = [1, 1, 16, 16]

@@ -29,14 +29,14 @@ def signed_bundles(tiny_model, digits16, tmp_path_factory, pi_signing_keys):
 
 @pytest.fixture(scope="module")
 def pi_device(emulated_pi, pi_signing_keys):
-    from kit.fleet.transport import SshDevice
+    from kit.devices.ssh.transport import SshDevice
 
     with SshDevice(emulated_pi.entry(), trusted_keys=[pi_signing_keys[1]]) as dev:
         yield dev
 
 
 def test_the_device_is_registered_as_emulated(emulated_pi):
-    from kit.fleet.inventory import Inventory
+    from kit.devices.inventory import Inventory
 
     entry = Inventory.load(emulated_pi.inventory).get(emulated_pi.name)
     assert entry.emulated is True
@@ -54,7 +54,7 @@ def test_agent_info_reports_aarch64(pi_device):
 
 
 def test_onnx_bundle_bench_on_aarch64_passes_the_reference_check(pi_device, signed_bundles, pi_signing_keys, tmp_path):
-    from kit.fleet.bench import BenchOptions, bench
+    from kit.devices.bench import BenchOptions, bench
     from kit.package.signing import key_id
     from kit.results.store import ResultsStore
 
@@ -77,7 +77,7 @@ def test_onnx_bundle_bench_on_aarch64_passes_the_reference_check(pi_device, sign
 
 def test_pte_bundle_says_what_the_device_lacks(pi_device, signed_bundles):
     """No ExecuTorch on the emulated Pi: its aarch64 pybindings link PyPI's CUDA build of libtorch."""
-    from kit.fleet.bench import BenchOptions, bench
+    from kit.devices.bench import BenchOptions, bench
 
     with pytest.raises(EdgeKitError, match=r"runtime_missing.*executorch"):
         bench(pi_device, signed_bundles["executorch"], BenchOptions(runs=2, warmup=0, deadline_s=300))
@@ -86,7 +86,7 @@ def test_pte_bundle_says_what_the_device_lacks(pi_device, signed_bundles):
 def test_a_tampered_bundle_is_refused_on_aarch64(pi_device, signed_bundles, tmp_path):
     import shutil
 
-    from kit.fleet.bench import BenchOptions, bench
+    from kit.devices.bench import BenchOptions, bench
     from kit.package.bundle import Bundle
 
     src = signed_bundles["onnx"].path
@@ -101,7 +101,7 @@ def test_a_tampered_bundle_is_refused_on_aarch64(pi_device, signed_bundles, tmp_
 
 
 def test_rootfs_is_cached_by_recipe(emulated_pi):
-    from kit.fleet.emulate import PiRecipe, build_rootfs
+    from kit.testbed.emulated_pi import PiRecipe, build_rootfs
 
     info = build_rootfs()
     assert info.built is False and info.key == emulated_pi.rootfs_key == PiRecipe().key()
@@ -111,9 +111,9 @@ def test_rootfs_is_cached_by_recipe(emulated_pi):
 
 def test_slow_profile_and_cleanup(emulated_pi, pi_signing_keys, tmp_path):
     """A second Pi with a quarter of a core: its processes sit in the quota cgroup; stop undoes everything."""
-    from kit.fleet.emulate import BINFMT_DIR, BINFMT_NAME, running, start_pi, stop_pi
-    from kit.fleet.inventory import Inventory
-    from kit.fleet.transport import SshDevice
+    from kit.testbed.emulated_pi import BINFMT_DIR, BINFMT_NAME, running, start_pi, stop_pi
+    from kit.devices.inventory import Inventory
+    from kit.devices.ssh.transport import SshDevice
 
     name = f"pi-slow-{os.getpid()}"
     inventory = tmp_path / "devices.yaml"
@@ -141,7 +141,7 @@ def test_slow_profile_and_cleanup(emulated_pi, pi_signing_keys, tmp_path):
 
 
 def test_bad_name_is_refused_before_anything_starts():
-    from kit.fleet.emulate import start_pi
+    from kit.testbed.emulated_pi import start_pi
 
     with pytest.raises(EdgeKitError, match="device name"):
         start_pi("bad name!")

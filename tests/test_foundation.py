@@ -42,7 +42,7 @@ def test_npz_loader_and_its_errors(tmp_path):
 
 
 def test_demo_runs_the_whole_job(tmp_path):
-    from kit.demo import DemoConfig, run_demo
+    from kit.pipeline.demo import DemoConfig, run_demo
 
     seen = []
     cfg = DemoConfig(out=tmp_path / "out", image_size=16, teacher_epochs=3, student_epochs=3, width_mult=0.35, runs=20)
@@ -92,7 +92,7 @@ def test_cli_unwritable_output_folder_is_one_line(tmp_path):
 def test_agent_refuses_a_corrupt_model(pte_bundle, tmp_path):
     import shutil
 
-    from kit.fleet import BenchOptions, LocalDevice, bench
+    from kit.devices import BenchOptions, LocalDevice, bench
 
     bad = tmp_path / "bad"
     shutil.copytree(pte_bundle.path, bad)
@@ -106,7 +106,7 @@ def test_agent_refuses_a_corrupt_model(pte_bundle, tmp_path):
 
 
 def test_agent_json_schema(onnx_bundle):
-    from kit.fleet import LocalDevice
+    from kit.devices import LocalDevice
 
     doc = LocalDevice().run_agent(["bench", "--bundle", str(onnx_bundle.path), "--opts", json.dumps({"runs": 10})])
     assert doc["schema_version"] == 1 and doc["ok"] is True and doc["verb"] == "bench"

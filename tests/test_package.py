@@ -36,7 +36,7 @@ def cli_bundles(tiny_checkpoint, tmp_path_factory, edgekit_signing_key) -> dict[
 
 @pytest.mark.parametrize("target", ["executorch", "onnx", "ort"])
 def test_package_verify_and_run_on_the_agent(cli_bundles, target, capsys):
-    from kit.fleet import BenchOptions, LocalDevice, bench
+    from kit.devices import BenchOptions, LocalDevice, bench
     from kit.package import Bundle
 
     path = cli_bundles[target]

@@ -312,7 +312,7 @@ def test_pure_python_ed25519_matches_rfc8032_and_cryptography(monkeypatch, onnx_
 
 def test_real_agent_and_cli_refuse_with_the_code(onnx_bundle, other_signing_key, tmp_path, capsys):
     from kit.cli import main
-    from kit.fleet import LocalDevice
+    from kit.devices import LocalDevice
 
     bad = shutil.copytree(onnx_bundle.path, tmp_path / "b")
     (bad / "reference_input.npy").write_bytes(b"not the pinned file")

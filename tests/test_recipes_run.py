@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from kit.fleet import BenchOptions, LocalDevice, bench
+from kit.devices import BenchOptions, LocalDevice, bench
 from kit.package import Bundle, verify
 from kit.recipes import load_recipe, shipped_dir
 from kit.recipes.apply import apply_recipe

@@ -272,7 +272,7 @@ class _Slower(torch.nn.Module):
 
 
 def test_regression_against_baseline(filled_store, store_copy, digits16, bundles_dir):
-    from kit.fleet import BenchOptions, LocalDevice, bench
+    from kit.devices import BenchOptions, LocalDevice, bench
     from kit.package import package
 
     with ResultsStore(store_copy) as s:

@@ -14,7 +14,7 @@ import pytest
 
 from kit.errors import EdgeKitError
 from kit.recipes import load_recipe
-from kit.search import Candidate, _judge, candidates_for, device_kind, pareto_front
+from kit.search.recipes import Candidate, _judge, candidates_for, device_kind, pareto_front
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -43,7 +43,7 @@ def test_budget_judgement_names_the_reason():
 
 
 def test_candidates_follow_the_device_kind():
-    from kit.fleet import LocalDevice
+    from kit.devices import LocalDevice
 
     kind = device_kind(LocalDevice())
     if kind is None:
@@ -62,9 +62,9 @@ def _edgekit(*args, env):
 
 def test_search_on_digits_picks_a_recipe_shows_the_front_and_reuses_measurements(recipe_model, recipe_model_file,
                                                                                   digits16, tmp_path, private_build_cache):
-    from kit.fleet import LocalDevice
+    from kit.devices import LocalDevice
     from kit.results.store import ResultsStore
-    from kit.search import load_candidate, search
+    from kit.search.recipes import load_candidate, search
 
     db, out = tmp_path / "results.db", tmp_path / "search"
     names = ["x86-64-fp32", "x86-64-int8", "x86-64-int8-ort", "x86-64-sparse-int8"]
@@ -115,9 +115,9 @@ def test_search_on_digits_picks_a_recipe_shows_the_front_and_reuses_measurements
 
 
 def test_search_without_a_signing_key_fails_before_any_work(recipe_model, digits16, tmp_path, monkeypatch):
-    from kit.fleet import LocalDevice
+    from kit.devices import LocalDevice
     from kit.results.store import ResultsStore
-    from kit.search import search
+    from kit.search.recipes import search
 
     monkeypatch.setenv("EDGEKIT_SIGNING_KEY", str(tmp_path / "missing.ed25519"))
     with ResultsStore(tmp_path / "r.db") as store:

@@ -9,9 +9,9 @@ import json
 import pytest
 
 from kit.errors import EdgeKitError
-from kit.fleet import LocalDevice
+from kit.devices import LocalDevice
 from kit.results.store import ResultsStore
-from kit.student_search import StudentSpace, student_search
+from kit.search.students import StudentSpace, student_search
 
 
 def test_student_search_measures_distills_and_reuses(recipe_model, tmp_path, private_build_cache):

@@ -17,7 +17,7 @@ import pytest
 
 from device_agents.sensors import RunMonitor, SensorConfig, power, thermal
 from device_agents.sensors.system import parse_cpuinfo
-from kit.fleet.local import LocalDevice
+from kit.devices.local import LocalDevice
 
 DATA = Path(__file__).parent / "data" / "sensors"
 PMIC_LOAD_W = sum(a * v for a, v in [

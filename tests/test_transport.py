@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from kit.errors import EdgeKitError
-from kit.fleet.bench import BenchOptions, bench
-from kit.fleet.inventory import DeviceEntry, Inventory, connect
-from kit.fleet.transport import DIGEST_FILE, Deadlines, SshDevice
+from kit.devices.bench import BenchOptions, bench
+from kit.devices.inventory import DeviceEntry, Inventory, connect
+from kit.devices.ssh.transport import DIGEST_FILE, Deadlines, SshDevice
 
 FAST = Deadlines(connect_s=10, command_s=30, io_idle_s=10, transfer_s=30)
 

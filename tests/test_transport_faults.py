@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from kit.errors import EdgeKitError
-from kit.fleet.transport import DIGEST_FILE, Deadlines, SshDevice
+from kit.devices.ssh.transport import DIGEST_FILE, Deadlines, SshDevice
 
 # Small budgets so a stuck push fails in seconds; a healthy 12 MB push over loopback takes ~0.2 s.
 TIGHT = Deadlines(connect_s=5, command_s=15, io_idle_s=3, transfer_s=8, min_rate_bps=50e6)

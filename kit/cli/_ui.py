@@ -1,8 +1,15 @@
-"""Shared terminal helpers for CLI commands: rich progress and tables."""
+"""Shared terminal helpers for CLI commands: rich progress and tables, JSON for scripts.
+
+Conventions every command follows: heavy libraries (torch, executorch, onnxruntime, paramiko) are
+imported inside the command function, never at module top; list/show/status/bench/compare take
+`--json` and then print exactly one JSON document on stdout via print_json(); tables go through
+`stdout`, which never truncates cells when piped.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -28,3 +35,11 @@ def progress_bars():
 
     with bars:
         yield progress, step
+
+
+def print_json(obj) -> None:
+    """One JSON document on stdout (dataclasses and paths as strings via default=str)."""
+    import sys
+
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+    sys.stdout.flush()

@@ -28,8 +28,8 @@ def bench_to_store(bundle_path: Path, device: str, *, runs: int, warmup: int, th
                    progress=None, step=None) -> BenchRecord:
     """Connect, push (skipped when unchanged), bench with the agent, store; compare to a baseline run."""
     from kit.config import results_path
-    from kit.fleet.bench import BenchOptions, bench
-    from kit.fleet.inventory import Inventory, connect
+    from kit.devices.bench import BenchOptions, bench
+    from kit.devices.inventory import Inventory, connect
     from kit.package.bundle import Bundle
     from kit.results.store import ResultsStore
 

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(1, min=1, help="Threads per runtime on the device."),
     ):
         """Run the whole job on this machine: data, teacher, KD student, int8, packaging, bench, report."""
-        from kit.demo import DemoConfig, run_demo
+        from kit.pipeline.demo import DemoConfig, run_demo
 
         cfg = DemoConfig(out=out, data=data, image_size=image_size, teacher_epochs=teacher_epochs,
                          student_epochs=student_epochs, width_mult=width_mult, runs=runs, threads=threads)

@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         inventory: Optional[Path] = _INVENTORY,
     ):
         """Add a device to the inventory (then: edgekit devices trust NAME)."""
-        from kit.fleet.inventory import DeviceEntry, Inventory
+        from kit.devices.inventory import DeviceEntry, Inventory
 
         inv = Inventory.load(inventory) if inventory is None or inventory.exists() else Inventory({}, inventory)
         inv.add(DeviceEntry(name=name, host=host, port=port, user=user, key=key, kind=kind, python=python, home=home,
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
     @devices.command("remove")
     def remove(name: str, inventory: Optional[Path] = _INVENTORY):
         """Remove a device from the inventory."""
-        from kit.fleet.inventory import Inventory
+        from kit.devices.inventory import Inventory
 
         inv = Inventory.load(inventory)
         inv.remove(name)
@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
     @devices.command("list")
     def list_(inventory: Optional[Path] = _INVENTORY):
         """List the inventory's devices."""
-        from kit.fleet.inventory import Inventory
+        from kit.devices.inventory import Inventory
 
         inv = Inventory.load(inventory)
         table = Table(title=f"devices in {inv.path}")
@@ -73,8 +73,8 @@ def register(app: typer.Typer) -> None:
         inventory: Optional[Path] = _INVENTORY,
     ):
         """Connect to each device, install the agent if needed and run `info`; exit 1 if any failed."""
-        from kit.fleet.inventory import Inventory
-        from kit.fleet.transport import check_device
+        from kit.devices.inventory import Inventory
+        from kit.devices.ssh.transport import check_device
 
         inv = Inventory.load(inventory)
         results = []
@@ -118,8 +118,8 @@ def register(app: typer.Typer) -> None:
         """Show the device's host key fingerprint and record the key in <config dir>/known_hosts."""
         from kit.config import config_dir
         from kit.errors import EdgeKitError
-        from kit.fleet.inventory import Inventory
-        from kit.fleet.transport import fetch_host_key, record_host_key
+        from kit.devices.inventory import Inventory
+        from kit.devices.ssh.transport import fetch_host_key, record_host_key
 
         entry = Inventory.load(inventory).get(name)
         where, key = fetch_host_key(entry)

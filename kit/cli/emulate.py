@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
     @pi.command("build")
     def build(force: bool = typer.Option(False, "--force", help="Rebuild even if the cached root file system matches.")):
         """Build the aarch64 root file system once (~10 min cold); later calls reuse the cache."""
-        from kit.fleet.emulate import build_rootfs
+        from kit.testbed.emulated_pi import build_rootfs
 
         info = build_rootfs(force=force, progress=_log_progress)
         how = f"built in {info.build_s:.0f} s" if info.built else f"cached (cold build took {info.recorded_build_s:.0f} s)"
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
                                                    help="Public key(s) the device agent accepts (default: the kit's signing key)."),
     ):
         """Start the emulated Pi: its own aarch64 sshd on a free 127.0.0.1 port, registered with emulated: true."""
-        from kit.fleet.emulate import start_pi
+        from kit.testbed.emulated_pi import start_pi
 
         p = start_pi(name, cpu_quota=cpu_quota, inventory=inventory, register=not no_register,
                      trusted_keys=trust, progress=_log_progress)
@@ -59,14 +59,14 @@ def register(app: typer.Typer) -> None:
     @pi.command("stop")
     def stop(name: str = typer.Option("pi-emu", "--name")):
         """Stop the emulated Pi and undo what start made (processes, mounts, binfmt handler, cgroup, inventory entry)."""
-        from kit.fleet.emulate import stop_pi
+        from kit.testbed.emulated_pi import stop_pi
 
         stdout.print(f"{name}: stopped" if stop_pi(name) else f"{name}: not running (nothing left to clean)")
 
     @pi.command("status")
     def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")):
         """Cached root file systems and running emulated Pis."""
-        from kit.fleet.emulate import status as get_status
+        from kit.testbed.emulated_pi import status as get_status
 
         st = get_status()
         if as_json:

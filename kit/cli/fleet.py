@@ -32,7 +32,7 @@ def _rollout_table(states: dict, bundle_id: str, started: float) -> Table:
 
 
 def _entries(inventory: Optional[Path], group: str):
-    from kit.fleet.inventory import Inventory
+    from kit.devices.inventory import Inventory
 
     return Inventory.load(inventory).select(group)
 
@@ -43,7 +43,7 @@ def _import_ansible_command(
     replace: bool = typer.Option(False, "--replace", help="Overwrite devices already in the inventory."),
 ):
     """Import hosts, groups and connection vars from an Ansible inventory into the kit's inventory."""
-    from kit.fleet.ansible import import_ansible
+    from kit.devices.ansible import import_ansible
 
     added, path = import_ansible(file, inventory, replace=replace)
     table = Table(title=f"imported into {path}")

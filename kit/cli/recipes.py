@@ -18,7 +18,7 @@ def _fmt(value, spec: str = ".3f", scale: float = 1.0) -> str:
 
 
 def _open_device(name: str, inventory: Optional[Path]):
-    from kit.fleet.inventory import Inventory, connect
+    from kit.devices.inventory import Inventory, connect
 
     if name == "local":
         return connect("local")
@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         """Try candidate recipes on a device, print the Pareto front and the recipe chosen within budget."""
         from kit.config import results_path
         from kit.results.store import ResultsStore
-        from kit.search import candidates_for, device_kind, load_candidate, plot_front, search
+        from kit.search.recipes import candidates_for, device_kind, load_candidate, plot_front, search
 
         net = _load_model(model, weights)
         teacher_net = _load_model(teacher, None) if teacher else None
@@ -157,7 +157,7 @@ def register(app: typer.Typer) -> None:
         from kit.data import load_data
         from kit.errors import EdgeKitError
         from kit.results.store import ResultsStore
-        from kit.student_search import StudentSpace, student_search
+        from kit.search.students import StudentSpace, student_search
 
         def floats(text: str, what: str) -> list[float]:
             try:

@@ -157,7 +157,7 @@ class _Limits:
 
 
 def _default_connect(entry):
-    from kit.fleet.inventory import connect
+    from kit.devices.inventory import connect
 
     return connect(entry)
 

@@ -1,6 +1,6 @@
 """Apply one recipe to one model: run its compression chain, package the result for the recipe's
 runtime and format, and measure its accuracy on the host. (Measuring it on a device is
-kit.fleet.bench's job; kit.search does both for many recipes.)"""
+kit.devices.bench's job; kit.search does both for many recipes.)"""
 
 from __future__ import annotations
 

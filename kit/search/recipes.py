@@ -1,7 +1,7 @@
 """Recipe search: try candidate recipes on a device, keep the Pareto front, pick the best in budget.
 
 For each candidate recipe: compress + package (kit.recipes.apply), accuracy on the host, latency
-(and energy, when the device has sensors) measured on the device with kit.fleet.bench. Every
+(and energy, when the device has sensors) measured on the device with kit.devices.bench. Every
 measurement goes into the results store; a later search finds it again by the artifact's sha256,
 the device and the thread count, and does not measure that artifact again.
 """
@@ -18,7 +18,7 @@ from typing import Callable
 from kit.data import Splits, load_data
 from kit.errors import EdgeKitError
 from kit.evaluate import accuracy, torch_predictor
-from kit.fleet.bench import BenchOptions, bench
+from kit.devices.bench import BenchOptions, bench
 from kit.package.bundle import Bundle
 from kit.progress import ProgressFn, report
 from kit.recipes import Recipe, available_recipes, load_recipe

@@ -43,7 +43,7 @@ import device_agents
 from device_agents.bundle import sha256_file
 from kit.config import config_dir
 from kit.errors import EdgeKitError
-from kit.fleet.inventory import DeviceEntry
+from kit.devices.inventory import DeviceEntry
 from kit.progress import ProgressFn, report
 
 DIGEST_FILE = ".edgekit-digest"
@@ -723,7 +723,7 @@ class DeviceCheck:
 
 def check_device(entry: DeviceEntry, deadlines: Deadlines | None = None, timeout: float = 60.0) -> DeviceCheck:
     """Connect, push the agent if needed and run `info`: is this device ready to measure?"""
-    from kit.fleet.inventory import connect
+    from kit.devices.inventory import connect
 
     t0 = time.monotonic()
     try:

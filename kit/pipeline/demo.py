@@ -17,7 +17,7 @@ from kit.compress import Distill, Int8Static, OrtInt8Static, TrainConfig, distil
 from kit.data import load_data
 from kit.errors import EdgeKitError
 from kit.evaluate import accuracy, torch_predictor
-from kit.fleet import BenchOptions, LocalDevice, bench
+from kit.devices import BenchOptions, LocalDevice, bench
 from kit.models import TeacherCNN, mobilenet_student
 from kit.package import package, runner_for
 from kit.progress import ProgressFn, report

@@ -333,8 +333,8 @@ class EmulatedPi:
     trusted_keys: list[str] = field(default_factory=list)
 
     def entry(self):
-        """The inventory entry the kit connects with (kit.fleet.inventory.DeviceEntry)."""
-        from kit.fleet.inventory import DeviceEntry
+        """The inventory entry the kit connects with (kit.devices.inventory.DeviceEntry)."""
+        from kit.devices.inventory import DeviceEntry
 
         return DeviceEntry(name=self.name, host="127.0.0.1", port=self.port, user="root", key=self.client_key,
                            kind="rpi-emulated", python="python3", home="~/.edgekit", groups=["emulated"],
@@ -454,7 +454,7 @@ def start_pi(name: str = DEFAULT_NAME, *, recipe: PiRecipe | None = None, cpu_qu
     config_dir()/keys/signing.ed25519.pub, if it exists). inventory: file to register in (default:
     the default inventory); register=False skips it.
     """
-    from kit.fleet.inventory import DeviceEntry, Inventory
+    from kit.devices.inventory import DeviceEntry, Inventory
 
     DeviceEntry(name=name, host="127.0.0.1")  # validates the name before anything is made
     _require_tools()
@@ -581,7 +581,7 @@ def stop_pi(name: str = DEFAULT_NAME, timeout: float = 30) -> bool:
     _wait_namespace_gone(pi)
     _remove_cgroup(pi.cgroup)
     if pi.inventory:
-        from kit.fleet.inventory import Inventory
+        from kit.devices.inventory import Inventory
 
         try:
             inv = Inventory.load(pi.inventory)

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from kit.errors import EdgeKitError
-from kit.fleet.inventory import DeviceEntry, Inventory
+from kit.devices.inventory import DeviceEntry, Inventory
 
 _CONN = {
     "ansible_host": "host", "ansible_ssh_host": "host",

@@ -117,7 +117,7 @@ class Inventory:
         if not isinstance(doc, dict):
             raise EdgeKitError(f"inventory {path}: expected a mapping with 'devices:' at the top")
         if "devices" not in doc and "all" in doc:
-            from kit.fleet.ansible import parse_ansible  # late: ansible.py builds DeviceEntry objects
+            from kit.devices.ansible import parse_ansible  # late: ansible.py builds DeviceEntry objects
 
             return cls({e.name: e for e in parse_ansible(path)}, path)
         extra = sorted(set(doc) - {"devices", "groups"})
@@ -200,14 +200,14 @@ def connect(entry_or_name: DeviceEntry | str, inventory: Inventory | None = None
     """Open a device: "local" is the built-in LocalDevice, anything else an SshDevice (connected)."""
     if isinstance(entry_or_name, str):
         if entry_or_name == LOCAL:
-            from kit.fleet.local import LocalDevice
+            from kit.devices.local import LocalDevice
 
             return LocalDevice()
         entry_or_name = (inventory or Inventory.load()).get(entry_or_name)
     if entry_or_name.name == LOCAL:
-        from kit.fleet.local import LocalDevice
+        from kit.devices.local import LocalDevice
 
         return LocalDevice(python=None if entry_or_name.python == "python3" else entry_or_name.python)
-    from kit.fleet.transport import SshDevice
+    from kit.devices.ssh.transport import SshDevice
 
     return SshDevice(entry_or_name, **ssh_options)

@@ -26,12 +26,12 @@ from kit.compress.distill import Distill, TrainConfig, distill
 from kit.data import Splits, load_data
 from kit.errors import EdgeKitError
 from kit.evaluate import accuracy, count_macs, count_params, torch_predictor
-from kit.fleet.bench import BenchOptions, bench
+from kit.devices.bench import BenchOptions, bench
 from kit.models import mobilenet_student
 from kit.package import package
 from kit.progress import ProgressFn, report
 from kit.results.store import ResultsStore
-from kit.search import find_measurement, pareto_front
+from kit.search.recipes import find_measurement, pareto_front
 
 STRATEGIES = ("grid", "evolution")
 
