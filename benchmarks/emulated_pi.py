@@ -30,11 +30,12 @@ sys.path.insert(0, str(ROOT))
 from _common import cpu_facts, emit  # noqa: E402
 
 from kit.devices import BenchOptions, LocalDevice, bench  # noqa: E402
-from kit.testbed.emulated_pi import build_rootfs, start_pi, stop_pi  # noqa: E402
-from kit.devices.ssh.transport import SshDevice  # noqa: E402
+from kit.devices import SshDevice  # noqa: E402
 from kit.models import mobilenet_student  # noqa: E402
 from kit.package import package  # noqa: E402
 from kit.package.signing import init_keys  # noqa: E402
+from kit.testbed.pi import build_rootfs, start_pi, stop_pi  # noqa: E402
+from kit.testbed.sshd import SshdFactory, SshdMissing  # noqa: E402
 
 
 def _figures(m) -> dict:
@@ -94,12 +95,9 @@ def main() -> None:
     finally:
         stop_pi(name)
     try:  # the alternative design's SSH leg: a native host sshd (sessions would then exec aarch64 python)
-        sys.path.insert(0, str(ROOT))
-        from tests.fixtures_sshd import SshdFactory
-
         with SshdFactory(tmp / "sshd") as f:
             out["ssh_native_sshd_x86_python"] = _connect_and_info(f.start(1)[0], [keys.public])
-    except ImportError as e:
+    except SshdMissing as e:
         out["ssh_native_sshd_x86_python"] = {"skipped": str(e)}
 
     out["bench"] = {"local_x86_64": _figures(host), "emulated_pi_aarch64": _figures(emu),

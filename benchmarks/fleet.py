@@ -83,11 +83,11 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="ekbench-fleet-"))
     os.environ.setdefault("EDGEKIT_CONFIG_DIR", str(work / "config"))
-    from kit.fleet.rollout import RolloutOptions, rollout
-    from kit.devices.ssh.transport import SshDevice
+    from kit.fleet import RolloutOptions, rollout
+    from kit.devices.ssh import SshDevice
     from kit.package.signing import ensure_keys
-    from tests.fixtures_fleet import make_bundle
-    from tests.fixtures_sshd import SshdFactory
+    from kit.testbed.bundles import make_bundle
+    from kit.testbed.sshd import SshdFactory
 
     ensure_keys()
     bundle = make_bundle(work / "bundle", "bench5mb", hidden=max(1, int(args.mb * 1024 * 1024 / 1028)), seed=7)

@@ -95,8 +95,8 @@ def main() -> None:
 
     from kit.devices.bench import BenchOptions, bench
     from kit.devices.local import LocalDevice
-    from kit.devices.ssh.transport import SshDevice
-    from tests.fixtures_sshd import SshdFactory
+    from kit.devices import SshDevice
+    from kit.testbed.sshd import SshdFactory
 
     work = Path(tempfile.mkdtemp(prefix="edgekit-measurement-"))
     os.environ.setdefault("EDGEKIT_CONFIG_DIR", str(work / "config"))  # signing keys for this run only

@@ -36,7 +36,7 @@ def main() -> None:
         from kit.data import Dataset, Splits
         from kit.package.signing import ensure_keys
         from kit.recipes import load_recipe
-        from kit.recipes.apply import apply_recipe
+        from kit.pipeline.build import apply_recipe
 
         ensure_keys()
         torch.manual_seed(0)

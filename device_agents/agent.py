@@ -10,26 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 
-from device_agents import AGENT_VERSION, SCHEMA_VERSION, install, runtimes, sensors
+from device_agents import install, runtimes, sensors
 from device_agents import bench as bench_mod
 from device_agents.bundle import verify_bundle
-from device_agents.errors import AgentError
-
-
-def _emit(doc: dict) -> None:
-    sys.stdout.write(json.dumps(doc) + "\n")
-    sys.stdout.flush()
-
-
-def _envelope(verb: str, result: dict | None = None, error: AgentError | None = None) -> dict:
-    doc = {"schema_version": SCHEMA_VERSION, "agent_version": AGENT_VERSION, "verb": verb, "ok": error is None}
-    if error is None:
-        doc["result"] = result
-    else:
-        doc["error"] = {"code": error.code, "message": error.message}
-    return doc
+from device_agents.errors import AgentError, as_agent_error
+from device_agents.protocol import reply
 
 
 def info() -> dict:
@@ -98,31 +84,24 @@ def main(argv=None) -> int:
     try:
         args = parser.parse_args(argv)
         verb = args.verb
-        if verb == "info":
-            _emit(_envelope(verb, info()))
-            return 0
-        if verb == "verify":
-            path, m = verify_bundle(args.bundle, trust_dirs=args.trust_dir)
-            _emit(_envelope(verb, {"bundle_id": m.get("bundle_id"), "verified": True, "path": path, "name": m.get("name"),
-                                   "sequence": m.get("sequence"), "key_id": m.get("_signature_checked")}))
-            return 0
-        if verb in install.VERBS:
-            _emit(_envelope(verb, install.run_verb(args)))
-            return 0
-        opts = json.loads(args.opts)
-        for key in ("runs", "warmup", "threads", "cpus", "min_time_s", "deadline_s", "max_memory_mb", "input_shape"):
-            if getattr(args, key) is not None:
-                opts[key] = getattr(args, key)
-        if args.power:
-            opts["power"] = True
-        _emit(_envelope(verb, bench(args.bundle, opts, args.trust_dir)))
-        return 0
-    except AgentError as e:
-        _emit(_envelope(verb, error=e))
-        return 1
-    except MemoryError:
-        _emit(_envelope(verb, error=AgentError("resource_limit", "out of memory under the agent's limit")))
-        return 1
+        return reply(verb, _run(args))
     except Exception as e:  # the host must always get JSON back
-        _emit(_envelope(verb, error=AgentError("internal", f"{type(e).__name__}: {e}")))
-        return 1
+        return reply(verb, error=as_agent_error(e, "out of memory under the agent's limit"))
+
+
+def _run(args) -> dict:
+    if args.verb == "info":
+        return info()
+    if args.verb == "verify":
+        path, m = verify_bundle(args.bundle, trust_dirs=args.trust_dir)
+        return {"bundle_id": m.get("bundle_id"), "verified": True, "path": path, "name": m.get("name"),
+                "sequence": m.get("sequence"), "key_id": m.get("_signature_checked")}
+    if args.verb in install.VERBS:
+        return install.run_verb(args)
+    opts = json.loads(args.opts)
+    for key in ("runs", "warmup", "threads", "cpus", "min_time_s", "deadline_s", "max_memory_mb", "input_shape"):
+        if getattr(args, key) is not None:
+            opts[key] = getattr(args, key)
+    if args.power:
+        opts["power"] = True
+    return bench(args.bundle, opts, args.trust_dir)

@@ -10,6 +10,7 @@ the reference output, warms up and times. Every figure in the result is one it m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import resource
@@ -20,7 +21,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 
-from device_agents.errors import AgentError
+from device_agents import runtimes
+from device_agents.bundle import file_path
+from device_agents.errors import AgentError, as_agent_error
+from device_agents.protocol import ProtocolError, parse_reply, reply
 
 # Address space a thread may map beyond the model's budget: an 8 MiB stack plus a 64 MiB glibc
 # malloc arena reservation.
@@ -130,17 +134,14 @@ def run_in_child(bundle: str, manifest: dict, opts: BenchOptions) -> dict:
                                          f"(import, load and runs); it was killed")
         elapsed = time.monotonic() - start
         tail = _tail(err)
-    lines = out.decode("utf-8", "replace").strip().splitlines()
-    doc = None
-    if lines:
-        try:
-            doc = json.loads(lines[-1])
-        except ValueError:
-            doc = None
-    if isinstance(doc, dict) and doc.get("ok") is True and proc.returncode == 0:
+    try:
+        doc = parse_reply(out)
+    except ProtocolError:
+        doc = None  # no envelope: the exit status and stderr tell what happened
+    if doc is not None and doc.get("ok") is True and proc.returncode == 0:
         doc["result"]["child_wall_s"] = elapsed
         return doc["result"]
-    if isinstance(doc, dict) and doc.get("ok") is False:
+    if doc is not None and doc.get("ok") is False:
         raise AgentError(doc["error"]["code"], doc["error"]["message"])
     rc = proc.returncode
     if rc in (-signal.SIGXCPU, -signal.SIGKILL) and elapsed < opts.deadline_s:
@@ -227,8 +228,6 @@ def _stats(samples_ms) -> dict:
 
 
 def _call(fn, what: str):
-    from device_agents import runtimes
-
     try:
         return fn()
     except AgentError:
@@ -247,12 +246,7 @@ def _fits(shape, model_shape) -> bool:
 
 def run(bundle: str, manifest: dict, opts: BenchOptions) -> dict:
     """Load, check against the reference output, warm up, time."""
-    import hashlib
-
-    import numpy as np
-
-    from device_agents import runtimes
-    from device_agents.bundle import file_path
+    import numpy as np  # numpy only in the child: the parent process never needs it
 
     runtime = manifest["runtime"]["name"]
     ref = manifest["reference"]
@@ -333,24 +327,14 @@ def run(bundle: str, manifest: dict, opts: BenchOptions) -> dict:
 
 
 def child_main() -> int:
-    from device_agents.agent import _emit, _envelope
-
     try:
         req = json.loads(sys.stdin.buffer.read())
         opts = BenchOptions(**req["opts"])
         if opts.cpus:
             os.sched_setaffinity(0, opts.cpus)  # before the runtime exists: its threads inherit the mask
-        _emit(_envelope("bench", run(req["bundle"], req["manifest"], opts)))
-        return 0
-    except AgentError as e:
-        _emit(_envelope("bench", error=e))
-        return 1
-    except MemoryError:
-        _emit(_envelope("bench", error=AgentError("resource_limit", "out of memory under max_memory_mb")))
-        return 1
+        return reply("bench", run(req["bundle"], req["manifest"], opts))
     except Exception as e:
-        _emit(_envelope("bench", error=AgentError("internal", f"{type(e).__name__}: {e}")))
-        return 1
+        return reply("bench", error=as_agent_error(e, "out of memory under max_memory_mb"))
 
 
 if __name__ == "__main__":

@@ -5,3 +5,12 @@ class AgentError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def as_agent_error(e: Exception, out_of_memory: str) -> AgentError:
+    """Any failure as the AgentError the host gets back (the agent must always answer in JSON)."""
+    if isinstance(e, AgentError):
+        return e
+    if isinstance(e, MemoryError):
+        return AgentError("resource_limit", out_of_memory)
+    return AgentError("internal", f"{type(e).__name__}: {e}")

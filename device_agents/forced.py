@@ -4,7 +4,7 @@ Hardened set-up (on the device, in ~/.ssh/authorized_keys, one line; HOME = the 
 
     restrict,command="env EDGEKIT_HOME=/home/pi/.edgekit PYTHONPATH=/home/pi/.edgekit/agent/0.1.0 python3 -m device_agents.forced" ssh-ed25519 AAAA... edgekit-bench
 
-(kit.devices.ssh.transport.authorized_keys_line() prints exactly this line for a key.) `restrict` turns
+(kit.devices.enrol.authorized_keys_line() prints exactly this line for a key.) `restrict` turns
 off port/agent/X11 forwarding and the pty; `command=` makes sshd run this module whatever the
 client asked for, handing the request over in SSH_ORIGINAL_COMMAND. This module never gives that
 string to a shell: it refuses shell metacharacters outright, splits it with shlex, accepts only
@@ -34,62 +34,45 @@ import shutil
 import sys
 import tarfile
 
-from device_agents import AGENT_VERSION, SCHEMA_VERSION
+from device_agents.errors import AgentError
+from device_agents.protocol import DIGEST_FILE, SAFE_ID, agent_home, folder_digest, reply
 
 # Characters no legitimate agent call contains; their presence means someone tried a shell.
 _SHELL_META = set(";&|`$<>\\\n\r\0*?~!#()")
 _INT = re.compile(r"^-?[0-9]{1,12}$")
 _FLOAT = re.compile(r"^-?[0-9]{1,12}(\.[0-9]{1,9})?$")
 _INT_LIST = re.compile(r"^[0-9]{1,9}(,[0-9]{1,9}){0,7}$")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _OPT_KEY = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 MAX_BUNDLE_BYTES = 4 << 30
-DIGEST_FILE = ".edgekit-digest"
 
 
-class Refused(Exception):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code, self.message = code, message
+class Refused(AgentError):
+    """A request this key may not make (or a transfer that failed its checks): code and message."""
 
 
 def _home() -> str:
-    return os.path.realpath(os.path.expanduser(os.environ.get("EDGEKIT_HOME") or "~/.edgekit"))
+    return os.path.realpath(agent_home())  # resolved, so bundle paths compare after symlinks
 
 
-def _int(v: str) -> str:
-    if not _INT.match(v):
-        raise Refused("bad_value", f"{v!r} is not an integer")
-    return v
+def _matching(pattern: re.Pattern, what: str):
+    """A check of one option value: the value itself if it matches `pattern`, else Refused."""
+    def check(v: str) -> str:
+        if not pattern.fullmatch(v):
+            raise Refused("bad_value", f"{v[:70]!r} is not {what}")
+        return v
+    return check
 
 
-def _float(v: str) -> str:
-    if not _FLOAT.match(v):
-        raise Refused("bad_value", f"{v!r} is not a number")
-    return v
-
-
-def _int_list(v: str) -> str:
-    if not _INT_LIST.match(v):
-        raise Refused("bad_value", f"{v!r} is not a comma-separated list of integers")
-    return v
-
-
-def _name(v: str) -> str:
-    if not _NAME.match(v):
-        raise Refused("bad_value", f"{v!r} is not a plain name (letters, digits, '.', '_', '-')")
-    return v
-
-
-def _hex64(v: str) -> str:
-    if not _HEX64.match(v):
-        raise Refused("bad_value", f"{v[:70]!r} is not a sha256 hex digest")
-    return v
+_int = _matching(_INT, "an integer")
+_float = _matching(_FLOAT, "a number")
+_int_list = _matching(_INT_LIST, "a comma-separated list of integers")
+_name = _matching(SAFE_ID, "a plain name (letters, digits, '.', '_', '-')")
+_hex64 = _matching(_HEX64, "a sha256 hex digest")
 
 
 def _size(v: str) -> str:
-    if not _INT.match(v) or not 0 < int(v) <= MAX_BUNDLE_BYTES:
+    if not _INT.fullmatch(v) or not 0 < int(v) <= MAX_BUNDLE_BYTES:
         raise Refused("bad_value", f"{v!r} is not a size between 1 and {MAX_BUNDLE_BYTES} bytes")
     return v
 
@@ -111,9 +94,9 @@ def _opts(v: str) -> str:
     if not isinstance(doc, dict):
         raise Refused("bad_value", "--opts must be a JSON object")
     for key, val in doc.items():
-        if not _OPT_KEY.match(str(key)):
+        if not _OPT_KEY.fullmatch(str(key)):
             raise Refused("bad_value", f"--opts key {key!r} is not a plain option name")
-        plain = val is None or isinstance(val, (bool, int, float)) or (isinstance(val, str) and _NAME.match(val))
+        plain = val is None or isinstance(val, (bool, int, float)) or (isinstance(val, str) and SAFE_ID.fullmatch(val))
         if not plain and not (isinstance(val, list) and len(val) <= 8 and all(isinstance(x, int) and not isinstance(x, bool) for x in val)):
             raise Refused("bad_value", f"--opts {key}: only numbers, booleans, plain names or short integer lists are accepted")
     return json.dumps(doc)
@@ -180,27 +163,6 @@ def _opts_of(argv: list[str]) -> dict:
     return {argv[i][2:].replace("-", "_"): argv[i + 1] for i in range(1, len(argv) - 1, 2)}
 
 
-def tree_digest(root: str) -> str:
-    """The host's content address (kit.devices.ssh.transport.tree_digest): (name, sha256, size) by name."""
-    rows = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
-        for fn in filenames:
-            path = os.path.join(dirpath, fn)
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
-            if fn == DIGEST_FILE or fn.endswith((".part", ".pyc")):
-                continue
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            rows.append((rel, h.hexdigest(), os.path.getsize(path)))
-    h = hashlib.sha256()
-    for rel, sha, size in sorted(rows):
-        h.update(f"{rel}\0{sha}\0{size}\n".encode())
-    return h.hexdigest()
-
-
 def _read_digest(folder: str) -> str | None:
     try:
         with open(os.path.join(folder, DIGEST_FILE)) as f:
@@ -256,7 +218,7 @@ def receive(opts: dict, stream) -> dict:
                     raise Refused("bad_bundle", f"tar member {member.name!r} is not a plain file or folder")
             # The "data" filter refuses absolute names, '..', links out of the folder and device files.
             tar.extractall(staging, filter="data")
-        if tree_digest(staging) != opts["digest"]:
+        if folder_digest(staging) != opts["digest"]:
             raise Refused("hash_mismatch", "the unpacked bundle does not match its declared content digest")
         with open(os.path.join(staging, DIGEST_FILE), "w") as f:
             f.write(opts["digest"] + "\n")
@@ -276,32 +238,21 @@ def receive(opts: dict, stream) -> dict:
                 os.unlink(path)
 
 
-def _emit(verb: str, result: dict | None = None, error: Refused | None = None) -> int:
-    doc = {"schema_version": SCHEMA_VERSION, "agent_version": AGENT_VERSION, "verb": verb, "ok": error is None}
-    if error is None:
-        doc["result"] = result
-    else:
-        doc["error"] = {"code": error.code, "message": error.message}
-    sys.stdout.write(json.dumps(doc) + "\n")
-    sys.stdout.flush()
-    return 0 if error is None else 1
-
-
 def main() -> int:
     command = os.environ.get("SSH_ORIGINAL_COMMAND")
     try:
         argv = parse(command)
     except Refused as e:
-        return _emit((command or "").split(" ", 1)[0][:40] or "?", error=e)
+        return reply((command or "").split(" ", 1)[0][:40] or "?", error=e)
     if argv[0] in TRANSFER_VERBS:
         try:
             if argv[0] == "have":
-                return _emit("have", have(_opts_of(argv)))
-            return _emit("receive", receive(_opts_of(argv), sys.stdin.buffer))
+                return reply("have", have(_opts_of(argv)))
+            return reply("receive", receive(_opts_of(argv), sys.stdin.buffer))
         except Refused as e:
-            return _emit(argv[0], error=e)
+            return reply(argv[0], error=e)
         except (OSError, tarfile.TarError) as e:
-            return _emit(argv[0], error=Refused("transfer_failed", f"{type(e).__name__}: {e}"))
+            return reply(argv[0], error=Refused("transfer_failed", f"{type(e).__name__}: {e}"))
     from device_agents.agent import main as agent_main
 
     return agent_main(argv)

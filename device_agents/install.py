@@ -17,24 +17,19 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import shutil
 
-from device_agents import bundle as bundle_checks
-from device_agents.bundle import load_manifest
+from device_agents.bundle import load_manifest, verify_bundle
 from device_agents.errors import AgentError
+from device_agents.protocol import SAFE_ID, agent_home
+from device_agents.replay import record_activation
 
 KEEP_VERSIONS = 2  # current + previous; older version folders are removed after a switch
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def agent_home() -> str:
-    return os.path.abspath(os.path.expanduser(os.environ.get("EDGEKIT_HOME") or "~/.edgekit"))
 
 
 def _check_name(kind: str, value: str) -> str:
     # Names become path components: anything but a plain token could escape models/.
-    if not isinstance(value, str) or not _NAME.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not SAFE_ID.fullmatch(value):
         raise AgentError("bad_name", f"{kind} {value!r} must be letters, digits, '.', '_' or '-' (max 128)")
     return value
 
@@ -91,19 +86,12 @@ class _Lock:
 
 def _verify(bundle_dir: str, check_replay: bool = True) -> dict:
     """Signature by a trusted key, expiry, replay, every pinned file (device_agents/bundle.py)."""
-    verify = getattr(bundle_checks, "verify_bundle", None)
-    if verify is None:  # an agent from before signed bundles: hashes only
-        manifest = load_manifest(bundle_dir)
-        bundle_checks.verify_files(bundle_dir, manifest)
-        return manifest
-    return verify(bundle_dir, home=agent_home(), check_replay=check_replay)[1]
+    return verify_bundle(bundle_dir, home=agent_home(), check_replay=check_replay)[1]
 
 
 def _record_replay(manifest: dict, rollback: bool = False) -> None:
-    """Replay protection (packaging area): record the activated sequence in state.json."""
-    record = getattr(bundle_checks, "record_activation", None)
-    if record is not None:
-        record(manifest, agent_home(), rollback=rollback)
+    """Replay protection: record the activated sequence in state.json (device_agents/replay.py)."""
+    record_activation(manifest, agent_home(), rollback=rollback)
 
 
 def _version_info(model_dir: str, bundle_id: str | None) -> dict | None:

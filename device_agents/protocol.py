@@ -39,6 +39,12 @@ def emit(doc: dict, stream=None) -> None:
     stream.flush()
 
 
+def reply(verb: str, result: dict | None = None, error=None) -> int:
+    """Emit the one envelope of this invocation on stdout; return the exit status that goes with it."""
+    emit(envelope(verb, result, error))
+    return 0 if error is None else 1
+
+
 def parse_reply(stdout: bytes | str) -> dict:
     """The envelope from an agent's stdout (its last line). Raises ProtocolError with a short reason;
     the caller adds the device name. An envelope with ok=False is returned, not raised: the caller

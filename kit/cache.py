@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
-
 
 
 def cache_dir() -> Path:
@@ -39,8 +37,10 @@ def _versions() -> dict:
     return out
 
 
-def hash_module(module: torch.nn.Module) -> str:
+def hash_module(module) -> str:
     """Architecture (its repr) plus every parameter and buffer, in order."""
+    import torch
+
     h = hashlib.sha256(repr(module).encode())
     for name, t in module.state_dict().items():
         h.update(name.encode())
@@ -104,3 +104,26 @@ def cached(key: str, produce: Callable[[Path], None], root: Path | None = None) 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final, False
+
+
+def _copy_items(src: Path, dst: Path, items) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        if (src / item).is_dir():
+            shutil.rmtree(dst / item, ignore_errors=True)
+            shutil.copytree(src / item, dst / item)
+        elif (src / item).is_file():
+            shutil.copyfile(src / item, dst / item)
+
+
+def save(key: str, folder: Path, items) -> Path:
+    """Store `items` (names of files or folders in `folder`) as the entry for `key`."""
+    return cached(key, lambda tmp: _copy_items(Path(folder), tmp, items))[0]
+
+
+def restore(key: str, folder: Path, items) -> bool:
+    """Copy the entry for `key` into `folder`; False (and nothing copied) when there is none."""
+    hit = lookup(key)
+    if hit is not None:
+        _copy_items(hit, Path(folder), items)
+    return hit is not None

@@ -17,6 +17,7 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 def torch_predictor(module: torch.nn.Module) -> Predictor:
+    """numpy -> numpy over a torch module (or a QuantizedModel), without autograd; any batch size."""
     module = module.eval() if hasattr(module, "eval") else module
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -62,6 +63,18 @@ def agreement(reference: np.ndarray, other: np.ndarray) -> Agreement:
         sqnr_db=sqnr_db(reference, other),
         max_abs_err=float(np.max(np.abs(reference - other))),
     )
+
+
+def evaluate_artifact(model_file, predict: Predictor, reference: np.ndarray, data: Dataset,
+                      delegation: dict | None = None) -> dict:
+    """A packaged model file judged on its own runtime (`predict`, batch 1) against the original
+    model's outputs `reference` on `data`: file sizes, agreement, top-1 when labelled."""
+    out = outputs(predict, data, 1)
+    result = {"file": str(model_file), "bytes": file_size(model_file), "gzip_bytes": gzip_size(model_file),
+              "agreement": agreement(reference, out).to_dict(), "delegation": delegation}
+    if data.y is not None:
+        result["top1"] = round(top1(out, data.y), 4)
+    return result
 
 
 def accuracy(predict: Predictor, data: Dataset) -> float:

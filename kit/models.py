@@ -133,3 +133,13 @@ def load_checkpoint(path: str | Path) -> nn.Module:
     if isinstance(obj, dict):
         raise EdgeKitError(f"model {path} holds a state_dict, not a model; pass the architecture as the model and this file as --weights")
     return obj
+
+
+def load_teacher(spec: str | None, weights: str | Path | None = None) -> nn.Module | None:
+    """The --teacher option: None without a spec, else load_model(spec, weights) with errors naming it."""
+    if not spec:
+        return None
+    try:
+        return load_model(spec, weights)
+    except EdgeKitError as e:
+        raise EdgeKitError(f"--teacher: {e}") from e

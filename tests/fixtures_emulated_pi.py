@@ -3,7 +3,7 @@
 API (other areas may use it in tests marked @pytest.mark.arm):
 
     pi_signing_keys   session-scoped (private, public) signing key pair in a temporary folder
-    emulated_pi       session-scoped kit.testbed.emulated_pi.EmulatedPi, started once, stopped by PID at the
+    emulated_pi       session-scoped kit.testbed.pi.EmulatedPi, started once, stopped by PID at the
                       end; .entry() is its DeviceEntry (emulated=True, its own known_hosts), its agent
                       trusts pi_signing_keys' public key. The device name is unique per test session.
 
@@ -15,21 +15,21 @@ Skips (with the reason printed) when the machine lacks root, qemu-user-static, d
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from kit.errors import EdgeKitError
+
 
 def emulated_pi_missing() -> str | None:
     """Why the emulated Pi cannot run here (missing privilege or packages), or None."""
-    if os.geteuid() != 0:
-        return "needs root (chroot, mount namespaces, binfmt_misc)"
-    missing = [t for t in ("debootstrap", "unshare", "ssh-keygen") if shutil.which(t) is None]
-    if not Path("/usr/bin/qemu-aarch64-static").exists():
-        missing.append("qemu-aarch64-static")
-    if missing:
-        return f"missing {', '.join(missing)} (apt-get install qemu-user-static debootstrap openssh-client)"
+    from kit.testbed.pi.host import require_tools
+
+    try:
+        require_tools()
+    except EdgeKitError as e:
+        return str(e)
     return None
 
 
@@ -47,7 +47,7 @@ def emulated_pi(tmp_path_factory, pi_signing_keys):
     if reason:
         print(f"SKIP emulated Pi: {reason}")
         pytest.skip(f"emulated Pi: {reason}")
-    from kit.testbed.emulated_pi import BINFMT_DIR, BINFMT_NAME, running, start_pi, stop_pi
+    from kit.testbed.pi import BINFMT_DIR, BINFMT_NAME, running, start_pi, stop_pi
 
     handler_before = (BINFMT_DIR / BINFMT_NAME).exists()
     name = f"pi-test-{os.getpid()}"

@@ -6,7 +6,7 @@ import json
 
 
 def test_unchanged_compress_job_comes_from_cache(tiny_model, digits16, tmp_path, monkeypatch):
-    from kit.compress.job import compress_job
+    from kit.pipeline.build import compress_job
     from kit.package import verify
     from kit.recipes import load_recipe
 

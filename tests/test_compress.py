@@ -210,7 +210,7 @@ def test_prune_sensitivity_scan(cnn16, digits16):
 
 def test_gate_refuses_over_budget_and_override_packages(cnn16, digits16, tmp_path):
     from kit.compress.chain import run_chain
-    from kit.compress.job import compress_job
+    from kit.pipeline.build import compress_job
     from kit.recipes.schema import Recipe
 
     lossy = [{"method": "cluster", "clusters": 2}]

@@ -29,7 +29,7 @@ def signed_bundles(tiny_model, digits16, tmp_path_factory, pi_signing_keys):
 
 @pytest.fixture(scope="module")
 def pi_device(emulated_pi, pi_signing_keys):
-    from kit.devices.ssh.transport import SshDevice
+    from kit.devices import SshDevice
 
     with SshDevice(emulated_pi.entry(), trusted_keys=[pi_signing_keys[1]]) as dev:
         yield dev
@@ -101,7 +101,7 @@ def test_a_tampered_bundle_is_refused_on_aarch64(pi_device, signed_bundles, tmp_
 
 
 def test_rootfs_is_cached_by_recipe(emulated_pi):
-    from kit.testbed.emulated_pi import PiRecipe, build_rootfs
+    from kit.testbed.pi import PiRecipe, build_rootfs
 
     info = build_rootfs()
     assert info.built is False and info.key == emulated_pi.rootfs_key == PiRecipe().key()
@@ -111,9 +111,9 @@ def test_rootfs_is_cached_by_recipe(emulated_pi):
 
 def test_slow_profile_and_cleanup(emulated_pi, pi_signing_keys, tmp_path):
     """A second Pi with a quarter of a core: its processes sit in the quota cgroup; stop undoes everything."""
-    from kit.testbed.emulated_pi import BINFMT_DIR, BINFMT_NAME, running, start_pi, stop_pi
+    from kit.testbed.pi import BINFMT_DIR, BINFMT_NAME, running, start_pi, stop_pi
     from kit.devices.inventory import Inventory
-    from kit.devices.ssh.transport import SshDevice
+    from kit.devices import SshDevice
 
     name = f"pi-slow-{os.getpid()}"
     inventory = tmp_path / "devices.yaml"
@@ -141,7 +141,7 @@ def test_slow_profile_and_cleanup(emulated_pi, pi_signing_keys, tmp_path):
 
 
 def test_bad_name_is_refused_before_anything_starts():
-    from kit.testbed.emulated_pi import start_pi
+    from kit.testbed.pi import start_pi
 
     with pytest.raises(EdgeKitError, match="device name"):
         start_pi("bad name!")

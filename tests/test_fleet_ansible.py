@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from kit.errors import EdgeKitError
-from kit.devices.ansible import expand_range, import_ansible, parse_ansible
-from kit.devices.inventory import Inventory
+from kit.devices.ansible import expand_range, parse_ansible
+from kit.devices.inventory import Inventory, import_ansible
 
 INI = """\
 # lab fleet

@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from kit.fleet import rollout_state as rs
-from kit.fleet.rollout import rollout
+from kit.fleet import rollout
 from tests.fixtures_fleet import DelayProxy, assert_consistent, current_id, fast_connect, fast_options
 
 pytestmark = pytest.mark.timeout(300)

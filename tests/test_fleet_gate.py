@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from kit.errors import EdgeKitError
-from kit.fleet.rollout import RolloutOptions, health_gate, is_connection_error, latency_budget, sshd_key
+from kit.errors import AgentProtocolError, AgentRefused, DeviceUnreachable, EdgeKitError, HostKeyRejected, LinkLost
+from kit.fleet.group import sshd_key
+from kit.fleet.health import health_gate, latency_budget
+from kit.fleet.options import RolloutOptions
+from kit.fleet.session import retryable
 from kit.package.bundle import Bundle
 
 
@@ -35,19 +38,18 @@ def test_bad_options_are_refused():
 
 
 def test_which_errors_are_retried():
-    import paramiko
-
-    assert is_connection_error(ConnectionRefusedError())
-    assert is_connection_error(EdgeKitError("device d: cannot connect to u@h:22 (timeout)"))
-    try:
-        try:
-            raise paramiko.AuthenticationException("key refused")  # an SSHException, yet permanent
-        except Exception as inner:
-            raise EdgeKitError("device d: u@h:22 refused our key") from inner
-    except EdgeKitError as e:
-        assert not is_connection_error(e)
-    assert not is_connection_error(EdgeKitError("device d: the agent's output is not JSON"))
-    assert not is_connection_error(ValueError("bug"))
+    """Decided by type, never by message text: a lost link is retried; a device that answered,
+    a rejected host key or key, a broken agent answer or a bug is not."""
+    assert retryable(LinkLost("d", "the connection dropped while running 'python3'"))
+    assert retryable(DeviceUnreachable("d", "cannot connect to u@h:22 (timeout)"))
+    assert not retryable(HostKeyRejected("d", "host key of [h]:22 CHANGED"))
+    assert not retryable(EdgeKitError("device d: u@h:22 refused our key"))  # credentials: retrying will not help
+    assert not retryable(AgentRefused("d", "activate", "disk_full", "no space left"))
+    assert not retryable(AgentProtocolError("d", "the agent's output is not JSON"))
+    # Message text does not matter: a plain EdgeKitError that reads like a lost link is not retried.
+    assert not retryable(EdgeKitError("device d: cannot connect to u@h:22 (timeout)"))
+    assert not retryable(ConnectionRefusedError())  # raw OS errors are the transport's to type
+    assert not retryable(ValueError("bug"))
 
 
 def test_devices_behind_one_sshd_share_a_limit():

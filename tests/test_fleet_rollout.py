@@ -15,7 +15,7 @@ import yaml
 
 from kit.errors import EdgeKitError
 from kit.fleet import rollout_state as rs
-from kit.fleet.rollout import fleet_status, rollback_group, rollout
+from kit.fleet import fleet_status, rollback_group, rollout
 from tests.fixtures_fleet import (assert_consistent, current_id, edgekit_cmd, fast_connect, fast_options,
                                   python_env)
 

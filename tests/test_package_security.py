@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_agents.bundle import record_activation, verify_bundle
+from device_agents.bundle import verify_bundle
 from device_agents.errors import AgentError
+from device_agents.replay import record_activation
 from device_agents.signature import verify_pure
 from kit.package.signing import canonical_json, sign_bytes
 

@@ -12,7 +12,7 @@ import pytest
 from kit.devices import BenchOptions, LocalDevice, bench
 from kit.package import Bundle, verify
 from kit.recipes import load_recipe, shipped_dir
-from kit.recipes.apply import apply_recipe
+from kit.pipeline.build import apply_recipe
 
 SUFFIX = {"pte": ".pte", "onnx": ".onnx", "ort": ".ort"}
 

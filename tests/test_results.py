@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kit.errors import EdgeKitError
-from kit.results import store as store_mod
+from kit.results import schema
 from kit.results.compare import compare, latency_verdict, samples_of
 from kit.results.export import CSV_COLUMNS, export
 from kit.results.regression import check_against_baseline
@@ -67,7 +67,7 @@ def test_newer_or_broken_store_is_refused_with_one_line(tmp_path):
 def _make_v1_store(path, real_row: dict, manifest: dict) -> None:
     """A store exactly as the v1 kit wrote it: v1 DDL, user_version 1, rows with v1 columns only."""
     db = sqlite3.connect(path)
-    db.executescript(store_mod._SCHEMA_V1)
+    db.executescript(schema.SCHEMA_V1)
     db.execute("PRAGMA user_version = 1")
     raw = json.loads(real_row["raw_json"])
     power = {"available": True, "mean_w": 2.5, "energy_mj_per_inference": 31.25, "backend": "rpi5-pmic (recorded)"}

@@ -14,7 +14,8 @@ import pytest
 
 from kit.errors import EdgeKitError
 from kit.recipes import load_recipe
-from kit.search.recipes import Candidate, _judge, candidates_for, device_kind, pareto_front
+from kit.results.pareto import pareto_front
+from kit.search.recipes import Candidate, _judge, candidates_for, device_kind
 
 
 def test_pareto_front_keeps_only_undominated_points():

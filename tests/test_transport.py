@@ -15,7 +15,8 @@ import yaml
 from kit.errors import EdgeKitError
 from kit.devices.bench import BenchOptions, bench
 from kit.devices.inventory import DeviceEntry, Inventory, connect
-from kit.devices.ssh.transport import DIGEST_FILE, Deadlines, SshDevice
+from device_agents.protocol import DIGEST_FILE
+from kit.devices.ssh import Deadlines, SshDevice
 
 FAST = Deadlines(connect_s=10, command_s=30, io_idle_s=10, transfer_s=30)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import subprocess
@@ -66,3 +67,29 @@ def test_enrol_trust_check_and_bench(cli_env, sshd_factory, onnx_bundle, capsys)
 
     code, out = run(capsys, "bench", onnx_bundle.path, "--device", "nope")
     assert code == 2 and "nope" in out
+
+
+def test_list_and_check_as_json(cli_env, sshd_factory, capsys):
+    entry, = sshd_factory(1)
+    assert main(["devices", "add", "pi", "127.0.0.1", "--port", str(entry.port), "--key", entry.key, "--python",
+                 entry.python, "--home", entry.home, "--group", "lab"]) == 0
+    capsys.readouterr()
+    assert main(["devices", "list", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["inventory"] == str(cli_env / "devices.yaml")
+    assert [(d["name"], d["port"], d["groups"]) for d in doc["devices"]] == [("pi", entry.port, ["lab"])]
+
+    assert main(["devices", "check", "lab", "--json"]) == 1  # the host key is not trusted yet
+    out = capsys.readouterr()
+    doc = json.loads(out.out)
+    assert doc["ok"] is False and "1 of 1 device(s) failed" in out.err
+    (row,) = doc["devices"]
+    assert row["name"] == "pi" and not row["ok"] and row["error_type"] == "HostKeyRejected"
+    assert "edgekit devices trust pi" in row["error"]
+
+    assert main(["devices", "trust", "pi", "--yes"]) == 0
+    capsys.readouterr()
+    assert main(["devices", "check", "pi", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    (row,) = doc["devices"]
+    assert doc["ok"] and row["ok"] and row["error"] is None and row["info"]["runtimes"]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kit.errors import EdgeKitError
-from kit.devices.ssh.transport import DIGEST_FILE, Deadlines, SshDevice
+from kit.errors import DeviceError, EdgeKitError, LinkLost
+from device_agents.protocol import DIGEST_FILE
+from kit.devices.ssh import Deadlines, SshDevice
 
 # Small budgets so a stuck push fails in seconds; a healthy 12 MB push over loopback takes ~0.2 s.
 TIGHT = Deadlines(connect_s=5, command_s=15, io_idle_s=3, transfer_s=8, min_rate_bps=50e6)
@@ -54,6 +55,7 @@ def test_sshd_killed_mid_push_leaves_nothing_active_and_next_push_succeeds(sshd_
         with pytest.raises(EdgeKitError, match="connection dropped|stalled|did not finish") as e:
             dev.stage_bundle(bundle, progress=cut_power)
         assert "killed1" in str(e.value) or entry.name in str(e.value)
+        assert isinstance(e.value, LinkLost) and e.value.retryable
     finally:
         dev.close()
     assert killed
@@ -80,8 +82,9 @@ def test_frozen_device_mid_push_fails_within_deadline(sshd_factory, tmp_path):
     try:
         dev.ensure_agent()
         t0 = time.monotonic()
-        with pytest.raises(EdgeKitError, match="stalled|did not finish"):
+        with pytest.raises(EdgeKitError, match="stalled|did not finish") as e:
             dev.stage_bundle(bundle, progress=freeze)
+        assert isinstance(e.value, LinkLost)
         elapsed = time.monotonic() - t0
     finally:
         server.thaw()
@@ -116,6 +119,7 @@ def test_disk_full_refused_before_sending(sshd_factory, tmp_path, tmpfs_home):
         with pytest.raises(EdgeKitError, match=r"MB free but bundle toobig needs") as e:
             dev.stage_bundle(bundle, progress=lambda *a: events.append(a))
     assert str(tmpfs_home) in str(e.value)
+    assert isinstance(e.value, DeviceError) and not e.value.retryable  # a full disk stays full
     assert events == []  # refused before a byte was sent
     assert incoming(tmpfs_home) == [] and not (tmpfs_home / "bundles" / "toobig").exists()
 
@@ -133,8 +137,9 @@ def test_disk_filling_during_push_leaves_no_part(sshd_factory, tmp_path, tmpfs_h
                 f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - (64 << 10)))
 
     with SshDevice(entry, deadlines=TIGHT) as dev:
-        with pytest.raises(EdgeKitError, match="out of space"):
+        with pytest.raises(EdgeKitError, match="out of space") as e:
             dev.stage_bundle(bundle, progress=fill_disk)
+        assert isinstance(e.value, DeviceError) and not e.value.retryable and entry.name in str(e.value)
         assert filler.exists()
         assert incoming(tmpfs_home) == []  # the partial upload was removed, not left as a .part
         assert not (tmpfs_home / "bundles" / "squeezed").exists()
@@ -151,8 +156,9 @@ def test_frozen_device_agent_call_fails_within_deadline(sshd_factory):
         assert dev.exec("echo up", 10)[1] == b"up\n"
         assert server.freeze()  # the connection's session processes, as a hung kernel would leave them
         t0 = time.monotonic()
-        with pytest.raises(EdgeKitError, match="stalled|did not finish|cannot connect"):
+        with pytest.raises(EdgeKitError, match="stalled|did not finish|cannot connect") as e:
             dev.run_agent(["info"], timeout=2)
+        assert isinstance(e.value, LinkLost)
         elapsed = time.monotonic() - t0
     finally:
         server.thaw()

@@ -15,7 +15,8 @@ import pytest
 from device_agents import forced
 from kit.errors import EdgeKitError
 from kit.devices.bench import BenchOptions, bench
-from kit.devices.ssh.transport import Deadlines, SshDevice, authorized_keys_line
+from kit.devices.enrol import authorized_keys_line
+from kit.devices.ssh import Deadlines, SshDevice
 
 FAST = Deadlines(connect_s=10, command_s=30, io_idle_s=10, transfer_s=30)
 

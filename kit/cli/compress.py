@@ -6,9 +6,30 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from kit.cli._ui import progress_bars, stdout
+
+
+def _table(title: str, report: dict):
+    """Original, each step, the artifact: top-1, agreement, MACs, params, size."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("stage", "top-1", "agree", "MACs", "params", "size"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+
+    def row(label, m, size_text=""):
+        table.add_row(label, "" if "top1" not in m else f"{100 * m['top1']:.2f}%",
+                      f"{100 * m['agreement']['top1_match']:.1f}%" if "agreement" in m else "",
+                      "" if m.get("macs") is None else f"{m['macs'] / 1e6:.2f}M",
+                      "" if m.get("param_count") is None else f"{m['param_count'] / 1e3:.1f}k", size_text)
+
+    row("original", report["baseline"])
+    for s in report["steps"]:
+        row(f"{s['step']}: {s['method']}", s)
+    a = report["artifact"]
+    row(f"artifact {Path(a['file']).suffix}", a, f"{a['bytes'] / 1024:.0f} KiB (gzip {a['gzip_bytes'] / 1024:.0f})")
+    return table
 
 
 def register(app: typer.Typer) -> None:
@@ -29,9 +50,9 @@ def register(app: typer.Typer) -> None:
         cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse an identical earlier run (same model, recipe, data, key)."),
     ):
         """Compress MODEL with a recipe's chain, gate it on the accuracy budget, package it, write report.json."""
-        from kit.compress.job import compress_job, load_teacher
         from kit.data import load_data
-        from kit.models import load_model
+        from kit.models import load_model, load_teacher
+        from kit.pipeline.build import compress_job
         from kit.recipes import load_recipe
 
         rec = load_recipe(recipe, set_)
@@ -39,27 +60,11 @@ def register(app: typer.Typer) -> None:
         splits = load_data(data, size)
         net = load_model(model, weights)
         with progress_bars() as (progress, step):
-            step(f"compress {model} with {rec.name}: {' -> '.join(s.get('method', '?') for s in rec.compress) or '(no steps)'}")
+            step(f"compress {model} with {rec.name}: {' -> '.join(s.method for s in rec.steps) or '(no steps)'}")
             outcome = compress_job(net, rec, splits, out, teacher=load_teacher(teacher, teacher_weights),
                                    override_budget=override_budget, name=name, progress=progress, eval_samples=eval_samples,
                                    cache=cache)
-        r = outcome.report
-        table = Table(title=f"edgekit compress: {rec.name}")
-        for col in ("stage", "top-1", "agree", "MACs", "params", "size"):
-            table.add_column(col, justify="left" if col == "stage" else "right")
-
-        def row(label, m, size_text=""):
-            table.add_row(label, "" if "top1" not in m else f"{100 * m['top1']:.2f}%",
-                          f"{100 * m['agreement']['top1_match']:.1f}%" if "agreement" in m else "",
-                          "" if m.get("macs") is None else f"{m['macs'] / 1e6:.2f}M",
-                          "" if m.get("param_count") is None else f"{m['param_count'] / 1e3:.1f}k", size_text)
-
-        row("original", r["baseline"])
-        for s in r["steps"]:
-            row(f"{s['step']}: {s['method']}", s)
-        a = r["artifact"]
-        row(f"artifact {Path(a['file']).suffix}", a, f"{a['bytes'] / 1024:.0f} KiB (gzip {a['gzip_bytes'] / 1024:.0f})")
-        stdout.print(table)
-        stdout.print(r["artifact_gate"]["message"] + (" (overridden)" if not outcome.gate_passed else ""))
+        stdout.print(_table(f"edgekit compress: {rec.name}", outcome.report))
+        stdout.print(outcome.report["artifact_gate"]["message"] + (" (overridden)" if not outcome.gate_passed else ""))
         stdout.print(f"bundle:  {outcome.bundle_path}")
         stdout.print(f"report:  {outcome.report_path}")

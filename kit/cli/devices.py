@@ -8,9 +8,42 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from kit.cli._ui import console, stdout
+from kit.cli._ui import console, print_json, stdout
+from kit.errors import EdgeKitError
 
 _INVENTORY = typer.Option(None, "--inventory", "-i", help="Inventory YAML (default: <config dir>/devices.yaml).")
+_JSON = typer.Option(False, "--json", help="Print one JSON document instead of a table.")
+
+
+class ChecksFailed(EdgeKitError):
+    exit_code = 1  # "some devices are not ready", distinct from a usage error (2)
+
+
+def _devices_table(inv) -> Table:
+    table = Table(title=f"devices in {inv.path}")
+    for col in ("name", "host", "port", "user", "kind", "groups", "python", "home"):
+        table.add_column(col)
+    for e in inv.devices.values():
+        table.add_row(e.name, e.host, str(e.port), e.user or "", e.kind + (" (emulated)" if e.emulated else ""),
+                      ",".join(e.groups), e.python, e.home)
+    return table
+
+
+def _check_table(results) -> Table:
+    table = Table(title="device check")
+    for col in ("device", "status", "s", "arch", "cores", "RAM MB", "runtimes / error"):
+        table.add_column(col)
+    for r in results:
+        if r.ok:
+            info = r.info or {}
+            rts = ", ".join(f"{k} {v.get('version', '') if isinstance(v, dict) else v}"
+                            for k, v in (info.get("runtimes") or {}).items()
+                            if v and (not isinstance(v, dict) or v.get("available", True)))
+            table.add_row(r.name, "[green]ok", f"{r.seconds:.1f}", str(info.get("arch")), str(info.get("cores")),
+                          str(info.get("ram_mb")), rts)
+        else:
+            table.add_row(r.name, "[red]FAILED", f"{r.seconds:.1f}", "", "", "", "see below")
+    return table
 
 
 def register(app: typer.Typer) -> None:
@@ -36,7 +69,7 @@ def register(app: typer.Typer) -> None:
         """Add a device to the inventory (then: edgekit devices trust NAME)."""
         from kit.devices.inventory import DeviceEntry, Inventory
 
-        inv = Inventory.load(inventory) if inventory is None or inventory.exists() else Inventory({}, inventory)
+        inv = Inventory.load_or_new(inventory)
         inv.add(DeviceEntry(name=name, host=host, port=port, user=user, key=key, kind=kind, python=python, home=home,
                             groups=list(group), emulated=emulated, forced_command=forced_command), replace=replace)
         path = inv.save(inventory)
@@ -53,58 +86,42 @@ def register(app: typer.Typer) -> None:
         console.print(f"removed {name} from {inv.path}")
 
     @devices.command("list")
-    def list_(inventory: Optional[Path] = _INVENTORY):
+    def list_(inventory: Optional[Path] = _INVENTORY, as_json: bool = _JSON):
         """List the inventory's devices."""
+        from dataclasses import asdict
+
         from kit.devices.inventory import Inventory
 
         inv = Inventory.load(inventory)
-        table = Table(title=f"devices in {inv.path}")
-        for col in ("name", "host", "port", "user", "kind", "groups", "python", "home"):
-            table.add_column(col)
-        for e in inv.devices.values():
-            table.add_row(e.name, e.host, str(e.port), e.user or "", e.kind + (" (emulated)" if e.emulated else ""),
-                          ",".join(e.groups), e.python, e.home)
-        stdout.print(table)
+        if as_json:
+            print_json({"inventory": inv.path, "devices": [asdict(e) for e in inv.devices.values()]})
+        else:
+            stdout.print(_devices_table(inv))
 
     @devices.command("check")
     def check(
         target: str = typer.Argument("all", help="Device, group, 'all' or a comma-separated mix."),
         timeout: float = typer.Option(60.0, min=1, help="Seconds for the agent's answer."),
         inventory: Optional[Path] = _INVENTORY,
+        as_json: bool = _JSON,
     ):
         """Connect to each device, install the agent if needed and run `info`; exit 1 if any failed."""
+        from kit.devices.health import check_device
         from kit.devices.inventory import Inventory
-        from kit.devices.ssh.transport import check_device
 
-        inv = Inventory.load(inventory)
         results = []
-        for entry in inv.select(target):
+        for entry in Inventory.load(inventory).select(target):
             with console.status(f"checking {entry.name}"):
                 results.append(check_device(entry, timeout=timeout))
-        table = Table(title="device check")
-        for col in ("device", "status", "s", "arch", "cores", "RAM MB", "runtimes / error"):
-            table.add_column(col)
-        for r in results:
-            if r.ok:
-                info = r.info or {}
-                rts = ", ".join(f"{k} {v.get('version', '') if isinstance(v, dict) else v}"
-                                for k, v in (info.get("runtimes") or {}).items()
-                                if v and (not isinstance(v, dict) or v.get("available", True)))
-                table.add_row(r.name, "[green]ok", f"{r.seconds:.1f}", str(info.get("arch")), str(info.get("cores")),
-                              str(info.get("ram_mb")), rts)
-            else:
-                table.add_row(r.name, "[red]FAILED", f"{r.seconds:.1f}", "", "", "", "see below")
-        stdout.print(table)
-        for r in results:
-            if not r.ok:  # whole lines, not wrapped in a cell: they say what to do
-                stdout.print(f"{r.name}: {r.error}", soft_wrap=True, markup=False)
         failed = [r.name for r in results if not r.ok]
+        if as_json:
+            print_json({"ok": not failed, "devices": [r.to_dict() for r in results]})
+        else:
+            stdout.print(_check_table(results))
+            for r in results:
+                if not r.ok:  # whole lines, not wrapped in a cell: they say what to do
+                    stdout.print(f"{r.name}: {r.error}", soft_wrap=True, markup=False)
         if failed:
-            from kit.errors import EdgeKitError
-
-            class ChecksFailed(EdgeKitError):
-                exit_code = 1  # "some devices are not ready", distinct from a usage error (2)
-
             raise ChecksFailed(f"{len(failed)} of {len(results)} device(s) failed the check: {', '.join(failed)}")
 
     @devices.command("trust")
@@ -116,20 +133,19 @@ def register(app: typer.Typer) -> None:
         inventory: Optional[Path] = _INVENTORY,
     ):
         """Show the device's host key fingerprint and record the key in <config dir>/known_hosts."""
-        from kit.config import config_dir
-        from kit.errors import EdgeKitError
+        from kit.devices.enrol import fetch_host_key, known_hosts_file, record_host_key
         from kit.devices.inventory import Inventory
-        from kit.devices.ssh.transport import fetch_host_key, record_host_key
+        from kit.errors import HostKeyRejected
 
         entry = Inventory.load(inventory).get(name)
         where, key = fetch_host_key(entry)
         stdout.print(f"{name}: {where} offers {key.get_name()} key {key.fingerprint}")
         if fingerprint and fingerprint.strip() != key.fingerprint:
             raise EdgeKitError(f"device {name}: host key fingerprint {key.fingerprint} differs from the expected "
-                               f"{fingerprint}; do not trust it until you know why")
+                                            f"{fingerprint}; do not trust it until you know why")
         if not fingerprint and not yes:
             if not typer.confirm("Does this match the device's key (ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub on it)?"):
                 raise typer.Abort()
-        known_hosts = Path(entry.known_hosts).expanduser() if entry.known_hosts else config_dir() / "known_hosts"
+        known_hosts = known_hosts_file(entry)
         added = record_host_key(known_hosts, where, key, replace=replace)
         stdout.print(f"{'recorded' if added else 'already trusted'} in {known_hosts}")

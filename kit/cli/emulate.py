@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from kit.cli._ui import console, stdout
+from kit.cli._ui import console, print_json, stdout
 
 
 def _log_progress(label: str, done: int, total: int) -> None:
@@ -25,7 +24,7 @@ def register(app: typer.Typer) -> None:
     @pi.command("build")
     def build(force: bool = typer.Option(False, "--force", help="Rebuild even if the cached root file system matches.")):
         """Build the aarch64 root file system once (~10 min cold); later calls reuse the cache."""
-        from kit.testbed.emulated_pi import build_rootfs
+        from kit.testbed.pi import build_rootfs
 
         info = build_rootfs(force=force, progress=_log_progress)
         how = f"built in {info.build_s:.0f} s" if info.built else f"cached (cold build took {info.recorded_build_s:.0f} s)"
@@ -44,7 +43,7 @@ def register(app: typer.Typer) -> None:
                                                    help="Public key(s) the device agent accepts (default: the kit's signing key)."),
     ):
         """Start the emulated Pi: its own aarch64 sshd on a free 127.0.0.1 port, registered with emulated: true."""
-        from kit.testbed.emulated_pi import start_pi
+        from kit.testbed.pi import start_pi
 
         p = start_pi(name, cpu_quota=cpu_quota, inventory=inventory, register=not no_register,
                      trusted_keys=trust, progress=_log_progress)
@@ -59,30 +58,34 @@ def register(app: typer.Typer) -> None:
     @pi.command("stop")
     def stop(name: str = typer.Option("pi-emu", "--name")):
         """Stop the emulated Pi and undo what start made (processes, mounts, binfmt handler, cgroup, inventory entry)."""
-        from kit.testbed.emulated_pi import stop_pi
+        from kit.testbed.pi import stop_pi
 
         stdout.print(f"{name}: stopped" if stop_pi(name) else f"{name}: not running (nothing left to clean)")
 
     @pi.command("status")
     def status(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables.")):
         """Cached root file systems and running emulated Pis."""
-        from kit.testbed.emulated_pi import status as get_status
+        from kit.testbed.pi import status as get_status
 
         st = get_status()
         if as_json:
-            stdout.print_json(json.dumps(st))
+            print_json(st)
             return
-        t = Table(title=f"root file systems in {st['cache']}")
-        for col in ("key", "current", "cold build s", "built at", "runtimes"):
-            t.add_column(col)
-        for r in st["rootfs"]:
-            t.add_row(r["key"], "yes" if r["current"] else "", f"{r['build_s']:.0f}", r["built_at"] or "",
-                      ", ".join(f"{k} {v}" for k, v in r["runtimes"].items()))
-        stdout.print(t)
-        t = Table(title="running")
-        for col in ("name", "address", "pid", "start s", "cpu quota", "inventory"):
-            t.add_column(col)
-        for r in st["running"]:
-            t.add_row(r["name"], f"127.0.0.1:{r['port']}", str(r["pid"]), f"{r['start_s']:.1f}",
-                      "" if r["cpu_quota"] is None else str(r["cpu_quota"]), r["inventory"] or "")
-        stdout.print(t)
+        _render_status(st)
+
+
+def _render_status(st: dict) -> None:
+    t = Table(title=f"root file systems in {st['cache']}")
+    for col in ("key", "current", "cold build s", "built at", "runtimes"):
+        t.add_column(col)
+    for r in st["rootfs"]:
+        t.add_row(r["key"], "yes" if r["current"] else "", f"{r['build_s']:.0f}", r["built_at"] or "",
+                  ", ".join(f"{k} {v}" for k, v in r["runtimes"].items()))
+    stdout.print(t)
+    t = Table(title="running")
+    for col in ("name", "address", "pid", "start s", "cpu quota", "inventory"):
+        t.add_column(col)
+    for r in st["running"]:
+        t.add_row(r["name"], f"127.0.0.1:{r['port']}", str(r["pid"]), f"{r['start_s']:.1f}",
+                  "" if r["cpu_quota"] is None else str(r["cpu_quota"]), r["inventory"] or "")
+    stdout.print(t)

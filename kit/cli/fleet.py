@@ -1,34 +1,22 @@
-"""`edgekit rollout | rollback | status` and `edgekit devices import-ansible`: fleet commands."""
+"""`edgekit rollout | rollback | status` and `edgekit devices import-ansible`: fleet commands.
+Parse, call kit.fleet, render; the library does the work (and is imported inside each command)."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.live import Live
 from rich.table import Table
 
-from kit.cli._ui import console, stdout
+from kit.cli._ui import console, print_json, stdout
 
 _INVENTORY = typer.Option(None, "--inventory", "-i", help="Inventory YAML (default: <config dir>/devices.yaml).")
+_RESULTS = typer.Option(None, "--results", help="Results store (default: $EDGEKIT_RESULTS).")
+_GROUP = typer.Option(..., "--group", "-g", help="Device group (or device, or comma-separated mix).")
 _STYLE = {"updated": "green", "unchanged": "green", "in_progress": "cyan", "pending": "dim", "skipped": "dim",
           "failed": "red", "unreachable": "red", "rolled_back": "yellow"}
-
-
-def _rollout_table(states: dict, bundle_id: str, started: float) -> Table:
-    from kit.fleet.rollout import version_label
-
-    t = Table(title=f"rollout of {bundle_id}  ({time.monotonic() - started:.0f} s)")
-    for col in ("device", "stage", "status", "runs", "retries", "previous", "note"):
-        t.add_column(col, overflow="fold")
-    for d in sorted(states.values(), key=lambda d: d.position):
-        style = _STYLE.get(d.status, "")
-        t.add_row(d.device, d.stage, f"[{style}]{d.status}" if style else d.status, version_label(d, bundle_id),
-                  str(d.attempts), d.previous_bundle_id or "-", (d.error or "")[:120])
-    return t
 
 
 def _entries(inventory: Optional[Path], group: str):
@@ -37,18 +25,75 @@ def _entries(inventory: Optional[Path], group: str):
     return Inventory.load(inventory).select(group)
 
 
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    t = Table(title=title)
+    for col in columns:
+        t.add_column(col, overflow="fold")
+    return t
+
+
+def _rollout_table(states: dict, bundle_id: str, started: float) -> Table:
+    from kit.fleet.rollout import version_label
+
+    t = _table(f"rollout of {bundle_id}  ({time.monotonic() - started:.0f} s)",
+               ("device", "stage", "status", "runs", "retries", "previous", "note"))
+    for d in sorted(states.values(), key=lambda d: d.position):
+        style = _STYLE.get(d.status, "")
+        t.add_row(d.device, d.stage, f"[{style}]{d.status}" if style else d.status, version_label(d, bundle_id),
+                  str(d.attempts), d.previous_bundle_id or "-", (d.error or "")[:120])
+    return t
+
+
+def _rollback_table(name: str, rows: list[dict]) -> Table:
+    t = _table(f"rollback of {name}", ("device", "result", "current", "previous"))
+    for r in rows:
+        if r["ok"]:
+            t.add_row(r["device"], "[green]rolled back" if r.get("changed") else "unchanged",
+                      r.get("current") or "-", r.get("previous") or "-")
+        else:
+            t.add_row(r["device"], "[red]FAILED", "", r.get("error", ""))
+    return t
+
+
+def _status_table(rows: list[dict]) -> Table:
+    t = _table("fleet status", ("device", "model", "current", "sequence", "previous"))
+    for r in rows:
+        if not r["ok"]:
+            why = "unreachable" if r.get("error", "").startswith("unreachable") else "failed"
+            t.add_row(r["device"], "", f"[red]{why}", "", r.get("error", "")[:100])
+            continue
+        if not r["models"]:
+            t.add_row(r["device"], "-", "-", "", "")
+        for model, m in sorted(r["models"].items()):
+            cur, prev = m.get("current") or {}, m.get("previous") or {}
+            t.add_row(r["device"], model, cur.get("bundle_id") or "-", str(cur.get("sequence") or ""),
+                      prev.get("bundle_id") or "-")
+    return t
+
+
+def _last_model(results: Optional[Path], group: str) -> str:
+    """The model of the group's last rollout (rollback without --name)."""
+    from kit.config import results_path
+    from kit.errors import EdgeKitError
+    from kit.fleet.rollout_state import RolloutState
+
+    with RolloutState(results or results_path()) as st:
+        last = st.latest(group)
+    if last is None:
+        raise EdgeKitError(f"group {group}: no rollout recorded; name the model with --name")
+    return last.model_name
+
+
 def _import_ansible_command(
     file: Path = typer.Argument(..., help="Ansible inventory: INI (hosts file) or YAML."),
     inventory: Optional[Path] = _INVENTORY,
     replace: bool = typer.Option(False, "--replace", help="Overwrite devices already in the inventory."),
 ):
     """Import hosts, groups and connection vars from an Ansible inventory into the kit's inventory."""
-    from kit.devices.ansible import import_ansible
+    from kit.devices.inventory import import_ansible
 
     added, path = import_ansible(file, inventory, replace=replace)
-    table = Table(title=f"imported into {path}")
-    for col in ("device", "host", "port", "user", "groups"):
-        table.add_column(col)
+    table = _table(f"imported into {path}", ("device", "host", "port", "user", "groups"))
     for e in added:
         table.add_row(e.name, e.host, str(e.port), e.user or "", ", ".join(e.groups))
     stdout.print(table)
@@ -58,7 +103,7 @@ def register(app: typer.Typer) -> None:
     @app.command("rollout")
     def rollout_cmd(
         bundle: Path = typer.Argument(..., help="Bundle folder made by 'edgekit package'."),
-        group: str = typer.Option(..., "--group", "-g", help="Device group (or device, or comma-separated mix)."),
+        group: str = _GROUP,
         canary: int = typer.Option(1, "--canary", min=1, help="Devices updated first, alone."),
         batch_size: int = typer.Option(10, "--batch-size", min=1, help="Devices per batch after the canaries."),
         max_failures: int = typer.Option(0, "--max-failures", min=0, help="Stop and roll back when failures exceed this."),
@@ -72,11 +117,13 @@ def register(app: typer.Typer) -> None:
         retries: int = typer.Option(4, "--retries", min=0, help="Retries per step on connection failures."),
         parallel: int = typer.Option(32, "--parallel", min=1, help="Devices handled at once."),
         inventory: Optional[Path] = _INVENTORY,
-        results: Optional[Path] = typer.Option(None, "--results", help="Results store (default: $EDGEKIT_RESULTS)."),
-        as_json: bool = typer.Option(False, "--json", help="Print the rollout record as JSON instead of a table."),
+        results: Optional[Path] = _RESULTS,
+        as_json: bool = typer.Option(False, "--json", help="Print the rollout record as one JSON document."),
     ):
         """Staged canary rollout with a health gate; exit 1 if it stopped and rolled back."""
-        from kit.fleet.rollout import RolloutOptions, rollout
+        from rich.live import Live
+
+        from kit.fleet import RolloutOptions, rollout
         from kit.package.bundle import Bundle
 
         if latency_budget_ms is None and recipe:
@@ -100,7 +147,7 @@ def register(app: typer.Typer) -> None:
             states.update({d.device: d for d in result.devices})
             live.update(_rollout_table(states, b.bundle_id, started))
         if as_json:
-            stdout.print_json(json.dumps(result.to_dict()))
+            print_json(result.to_dict())
         else:
             stdout.print(f"rollout {result.rollout_id}: {result.status} ({result.failures} failed of {len(result.devices)})")
         if result.status != "succeeded":
@@ -108,34 +155,21 @@ def register(app: typer.Typer) -> None:
 
     @app.command("rollback")
     def rollback_cmd(
-        group: str = typer.Option(..., "--group", "-g", help="Device group (or device, or comma-separated mix)."),
+        group: str = _GROUP,
         name: Optional[str] = typer.Option(None, "--name", help="Model name (default: the group's last rollout's)."),
         inventory: Optional[Path] = _INVENTORY,
-        results: Optional[Path] = typer.Option(None, "--results", help="Results store (default: $EDGEKIT_RESULTS)."),
+        results: Optional[Path] = _RESULTS,
+        as_json: bool = typer.Option(False, "--json", help="Print one row per device as one JSON document."),
     ):
         """Switch each device of the group back to its previous version of the model."""
-        from kit.config import results_path
-        from kit.errors import EdgeKitError
-        from kit.fleet.rollout import rollback_group
-        from kit.fleet.rollout_state import RolloutState
+        from kit.fleet import rollback_group
 
-        if name is None:
-            with RolloutState(results or results_path()) as st:
-                last = st.latest(group)
-            if last is None:
-                raise EdgeKitError(f"group {group}: no rollout recorded; name the model with --name")
-            name = last.model_name
+        name = name or _last_model(results, group)
         rows = rollback_group(_entries(inventory, group), name)
-        table = Table(title=f"rollback of {name}")
-        for col in ("device", "result", "current", "previous"):
-            table.add_column(col)
-        for r in rows:
-            if r["ok"]:
-                table.add_row(r["device"], "[green]rolled back" if r.get("changed") else "unchanged",
-                              r.get("current") or "-", r.get("previous") or "-")
-            else:
-                table.add_row(r["device"], "[red]FAILED", "", r.get("error", ""))
-        stdout.print(table)
+        if as_json:
+            print_json(rows)
+        else:
+            stdout.print(_rollback_table(name, rows))
         if not all(r["ok"] for r in rows):
             raise typer.Exit(1)
 
@@ -144,37 +178,24 @@ def register(app: typer.Typer) -> None:
         group: str = typer.Argument("all", help="Device, group, 'all' or a comma-separated mix."),
         name: Optional[str] = typer.Option(None, "--name", help="Only this model."),
         inventory: Optional[Path] = _INVENTORY,
-        as_json: bool = typer.Option(False, "--json"),
+        as_json: bool = typer.Option(False, "--json", help="Print one row per device as one JSON document."),
     ):
         """What each device runs: current and previous version of each model."""
-        from kit.fleet.rollout import fleet_status
+        from kit.fleet import fleet_status
 
         rows = fleet_status(_entries(inventory, group), name)
         if as_json:
-            stdout.print_json(json.dumps(rows))
+            print_json(rows)
         else:
-            table = Table(title="fleet status")
-            for col in ("device", "model", "current", "sequence", "previous"):
-                table.add_column(col)
-            for r in rows:
-                if not r["ok"]:
-                    table.add_row(r["device"], "", "[red]unreachable", "", r.get("error", "")[:100])
-                    continue
-                if not r["models"]:
-                    table.add_row(r["device"], "-", "-", "", "")
-                for model, m in sorted(r["models"].items()):
-                    cur, prev = m.get("current") or {}, m.get("previous") or {}
-                    table.add_row(r["device"], model, cur.get("bundle_id") or "-", str(cur.get("sequence") or ""),
-                                  prev.get("bundle_id") or "-")
-            stdout.print(table)
+            stdout.print(_status_table(rows))
         if not all(r["ok"] for r in rows):
             raise typer.Exit(1)
 
     # `edgekit devices import-ansible`: the transport area owns the `devices` sub-app; add to it
     # when it is registered (kit/cli/devices.py sorts before this module), else stand alone.
-    for group in app.registered_groups:
-        if group.name == "devices" and group.typer_instance is not None:
-            group.typer_instance.command("import-ansible")(_import_ansible_command)
+    for registered in app.registered_groups:
+        if registered.name == "devices" and registered.typer_instance is not None:
+            registered.typer_instance.command("import-ansible")(_import_ansible_command)
             break
     else:
         app.command("import-ansible")(_import_ansible_command)

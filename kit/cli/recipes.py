@@ -1,39 +1,33 @@
-"""`edgekit recipes list|show`, `edgekit search` and `edgekit student-search`."""
+"""`edgekit recipes list|show`: the per-device recipes found, as tables, YAML or JSON."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import List, Optional
 
 import typer
 from rich.syntax import Syntax
 from rich.table import Table
 
-from kit.cli._ui import console, progress_bars, stdout
+from kit.cli._ui import print_json, stdout
 
 
-def _fmt(value, spec: str = ".3f", scale: float = 1.0) -> str:
-    return "" if value is None else format(value * scale, spec)
+def _listing(device: Optional[str]) -> list[dict]:
+    """One dict per recipe found (invalid ones with their error), filtered by device kind."""
+    from kit.recipes import list_recipes
 
-
-def _open_device(name: str, inventory: Optional[Path]):
-    from kit.devices.inventory import Inventory, connect
-
-    if name == "local":
-        return connect("local")
-    return connect(name, Inventory.load(inventory) if inventory else None)
-
-
-def _load_model(spec: str, weights: Optional[Path]):
-    from kit.models import load_model
-
-    return load_model(spec, weights)
-
-
-def _model_name(spec: str) -> str:
-    """A bundle name for a model spec: a checkpoint's file stem, else the spec made path-safe."""
-    return Path(spec).stem if Path(spec).is_file() else spec.replace(":", "-").replace("/", "-")
+    out = []
+    for name, path, recipe in list_recipes():
+        if isinstance(recipe, Exception):
+            out.append({"name": name, "file": str(path), "error": str(recipe)})
+            continue
+        if device and recipe.device != device:
+            continue
+        doc = recipe.summary()
+        out.append({"name": name, "file": str(path), "device": recipe.device, "runtime": recipe.runtime,
+                    "format": recipe.format, "threads": recipe.threads,
+                    "chain": [step.get("method", "?") for step in doc.get("compress") or []],
+                    "budget_top1_drop": recipe.budget.top1_drop, "error": None})
+    return out
 
 
 def register(app: typer.Typer) -> None:
@@ -42,22 +36,23 @@ def register(app: typer.Typer) -> None:
     app.add_typer(recipes_app, name="recipes")
 
     @recipes_app.command("list")
-    def list_cmd(device: Optional[str] = typer.Option(None, "--device", help="Only recipes for this device kind.")):
+    def list_cmd(device: Optional[str] = typer.Option(None, "--device", help="Only recipes for this device kind."),
+                 as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of a table.")):
         """List the recipes found (./recipes, $EDGEKIT_RECIPES, the config folder, the shipped ones)."""
-        from kit.recipes import list_recipes
-
+        rows = _listing(device)
+        if as_json:
+            print_json(rows)
+            return
         table = Table(title="EdgeKit recipes")
         for col in ("name", "device", "runtime", "format", "threads", "chain", "budget", "file"):
             table.add_column(col)
-        for name, path, recipe in list_recipes():
-            if isinstance(recipe, Exception):
-                table.add_row(name, "", "", "", "", f"[red]invalid: {recipe}", "", str(path))
+        for r in rows:
+            if r["error"]:
+                table.add_row(r["name"], "", "", "", "", f"[red]invalid: {r['error']}", "", r["file"])
                 continue
-            if device and recipe.device != device:
-                continue
-            chain = " -> ".join(step.get("method", "?") for step in recipe.compress) or "(none)"
-            budget = "" if recipe.budget.top1_drop is None else f"-{recipe.budget.top1_drop:g} pt"
-            table.add_row(name, recipe.device, recipe.runtime, recipe.format, str(recipe.threads), chain, budget, str(path))
+            budget = "" if r["budget_top1_drop"] is None else f"-{r['budget_top1_drop']:g} pt"
+            table.add_row(r["name"], r["device"], r["runtime"], r["format"], str(r["threads"]),
+                          " -> ".join(r["chain"]) or "(none)", budget, r["file"])
         stdout.print(table)
 
     @recipes_app.command("show")
@@ -72,125 +67,7 @@ def register(app: typer.Typer) -> None:
         recipe = load_recipe(name, set_)
         doc = recipe.model_dump(mode="json", exclude_none=True)
         if as_json:
-            stdout.print_json(json.dumps(doc))
+            print_json(doc)
             return
         stdout.print(f"# {recipe.name} from {recipe.source}")
         stdout.print(Syntax(yaml.safe_dump(doc, sort_keys=False), "yaml"))
-
-    @app.command("search")
-    def search_cmd(
-        model: str = typer.Argument(..., help="Model: torchvision:NAME, module:callable or a checkpoint file."),
-        device: str = typer.Option("local", "--device", "-d", help="Device name from the inventory, or 'local'."),
-        data: str = typer.Option("digits", "--data", help="'digits', an .npz file or an image folder."),
-        budget_top1_drop: float = typer.Option(1.0, "--budget-top1-drop", min=0.0, help="Max top-1 drop (points)."),
-        recipe: List[str] = typer.Option([], "--recipe", "-r", help="Candidate recipe (repeat); default: all for the device's kind."),
-        set_: List[str] = typer.Option([], "--set", help="Override a field in every candidate: key=value."),
-        quick: bool = typer.Option(False, "--quick", help="Use each recipe's smoke overrides (small inputs, short training)."),
-        out: Path = typer.Option(Path("edgekit-search"), "--out", "-o", help="Folder for bundles, front.json and front.png."),
-        results: Optional[Path] = typer.Option(None, "--results", help="Results store (default: $EDGEKIT_RESULTS or config)."),
-        inventory: Optional[Path] = typer.Option(None, "--inventory", help="Device inventory file."),
-        weights: Optional[Path] = typer.Option(None, "--weights", help="A state_dict for MODEL."),
-        teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher for distillation steps (default: MODEL)."),
-    ):
-        """Try candidate recipes on a device, print the Pareto front and the recipe chosen within budget."""
-        from kit.config import results_path
-        from kit.results.store import ResultsStore
-        from kit.search.recipes import candidates_for, device_kind, load_candidate, plot_front, search
-
-        net = _load_model(model, weights)
-        teacher_net = _load_model(teacher, None) if teacher else None
-        with _open_device(device, inventory) as dev, ResultsStore(results or results_path()) as store:
-            candidates = ([load_candidate(r, set_, quick) for r in recipe] if recipe
-                          else candidates_for(device_kind(dev), set_, quick))
-            with progress_bars() as (progress, step):
-                result = search(net, data, dev, candidates, store=store, out_dir=out / "bundles",
-                                budget_top1_drop=budget_top1_drop, teacher=teacher_net, model_name=_model_name(model),
-                                progress=progress, step=step)
-        out.mkdir(parents=True, exist_ok=True)
-        plot = plot_front(result, out / "front.png")
-        tmp = out / "front.json.part"
-        tmp.write_text(json.dumps(result.to_dict(), indent=2))
-        tmp.replace(out / "front.json")
-        base = "" if result.baseline_accuracy is None else f", original top-1 {100 * result.baseline_accuracy:.2f}%"
-        table = Table(title=f"Recipe search on '{result.device}': {len(result.candidates)} candidates, "
-                            f"{result.measured} measured, {result.reused} reused{base}")
-        for col in ("recipe", "runtime", "top-1", "drop pt", "size KiB", "p50 ms", "p99 ms", "energy mJ", "front", "note"):
-            table.add_column(col, justify="left" if col in ("recipe", "runtime", "note") else "right")
-        for c in sorted(result.candidates, key=lambda c: (not c.on_front, c.p50_ms or 1e9)):
-            mark = "[bold green]chosen" if c.chosen else ("yes" if c.on_front else "")
-            note = c.error or c.why_not or ("reused" if c.reused else "")
-            table.add_row(c.recipe, f"{c.runtime}/{c.format}", _fmt(c.accuracy, ".2%"), _fmt(c.top1_drop, ".2f"),
-                          _fmt(c.size_bytes, ".0f", 1 / 1024), _fmt(c.p50_ms), _fmt(c.p99_ms), _fmt(c.energy_mj, ".2f"),
-                          mark, note)
-        stdout.print(table)
-        if result.chosen:
-            stdout.print(f"chosen: [bold]{result.chosen}[/bold] (fastest within -{budget_top1_drop:g} pt top-1)")
-        else:
-            stdout.print(f"[red]no candidate is within the budget of -{budget_top1_drop:g} pt top-1[/red]")
-        stdout.print(f"plot:   {plot}")
-        stdout.print(f"front:  {out / 'front.json'}")
-
-    @app.command("student-search")
-    def student_search_cmd(
-        teacher: str = typer.Argument("teacher", help="Teacher model spec ('teacher' = the demo CNN, trained first)."),
-        device: str = typer.Option("local", "--device", "-d"),
-        data: str = typer.Option("digits", "--data"),
-        widths: str = typer.Option("0.25,0.5,0.75", help="Width multipliers, comma-separated."),
-        depths: str = typer.Option("0.5,1.0", help="Depth multipliers, comma-separated."),
-        resolutions: str = typer.Option("16,24,32", help="Input resolutions, comma-separated."),
-        strategy: str = typer.Option("grid", help="grid or evolution."),
-        time_budget: float = typer.Option(600.0, "--time-budget", min=1.0, help="Seconds to spend searching."),
-        max_candidates: Optional[int] = typer.Option(None, "--max-candidates", min=1),
-        latency_budget_ms: Optional[float] = typer.Option(None, "--latency-budget-ms", min=0.0,
-                                                          help="Skip training students slower than this on the device."),
-        epochs: int = typer.Option(2, "--epochs", min=1, help="Distillation epochs per candidate."),
-        max_samples: Optional[int] = typer.Option(None, "--max-samples", min=2, help="Distil on the first N training samples."),
-        train_teacher: int = typer.Option(3, "--train-teacher", min=0, help="Epochs to train the teacher first (0: as loaded)."),
-        weights: Optional[Path] = typer.Option(None, "--weights"),
-        results: Optional[Path] = typer.Option(None, "--results"),
-        inventory: Optional[Path] = typer.Option(None, "--inventory"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result as JSON here."),
-    ):
-        """Search MobileNet student width/depth/resolution for a device (latency measured there)."""
-        from kit.compress.distill import TrainConfig, train
-        from kit.config import results_path
-        from kit.data import load_data
-        from kit.errors import EdgeKitError
-        from kit.results.store import ResultsStore
-        from kit.search.students import StudentSpace, student_search
-
-        def floats(text: str, what: str) -> list[float]:
-            try:
-                return [float(v) for v in text.split(",") if v.strip()]
-            except ValueError:
-                raise EdgeKitError(f"--{what} {text!r}: give numbers separated by commas, e.g. 0.25,0.5") from None
-
-        space = StudentSpace(widths=floats(widths, "widths"), depths=floats(depths, "depths"),
-                             resolutions=[int(v) for v in floats(resolutions, "resolutions")])
-        net = _load_model(teacher, weights)
-        with progress_bars() as (progress, step):
-            if train_teacher:
-                step(f"training the teacher ({train_teacher} epochs)")
-                net = train(net, load_data(data).train, TrainConfig(epochs=train_teacher), progress)
-            with _open_device(device, inventory) as dev, ResultsStore(results or results_path()) as store:
-                result = student_search(net, data, dev, store=store, space=space, strategy=strategy,
-                                        time_budget_s=time_budget, max_candidates=max_candidates,
-                                        latency_budget_ms=latency_budget_ms, distill_epochs=epochs,
-                                        distill_max_samples=max_samples,
-                                        progress=progress, step=step)
-        table = Table(title=f"Student search on '{result.device}' ({result.strategy}): {len(result.candidates)} of "
-                            f"{result.space_size} tried, {result.measured} measured, {result.reused} reused, "
-                            f"{result.trained} distilled, {result.seconds:.0f} s")
-        for col in ("width", "depth", "res", "params", "MMACs", "p50 ms", "top-1", "front", "note"):
-            table.add_column(col, justify="right" if col != "note" else "left")
-        for c in sorted(result.candidates, key=lambda c: c.p50_ms or 0):
-            table.add_row(f"{c.width:g}", f"{c.depth:g}", str(c.resolution), str(c.params), f"{c.macs / 1e6:.1f}",
-                          _fmt(c.p50_ms), _fmt(c.accuracy, ".2%"), "[bold green]chosen" if c.chosen else ("yes" if c.on_front else ""),
-                          c.skipped or ("latency reused" if c.reused_latency else ""))
-        stdout.print(table)
-        if result.stopped_by_time:
-            console.print(f"[yellow]stopped by the time budget ({time_budget:g} s)")
-        if out:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(result.to_dict(), indent=2))
-            stdout.print(f"result: {out}")

@@ -12,9 +12,10 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from kit.cli._ui import stdout
+from kit.cli._ui import print_json, stdout
 
 _RESULTS_HELP = "Results store (default: $EDGEKIT_RESULTS or <config dir>/results.db)."
+_JSON_HELP = "Print one JSON document (the same as --format json)."
 
 
 class Fmt(str, Enum):
@@ -61,12 +62,16 @@ def register(app: typer.Typer) -> None:
     def results_list(
         fmt: Fmt = typer.Option(Fmt.table, "--format", "-f", help="table, json or csv."),
         results: Optional[Path] = typer.Option(None, "--results", "--db", help=_RESULTS_HELP),
+        as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
     ):
         """List the recorded runs."""
         from kit.results.export import runs_text
 
         with _open(results) as store:
             runs = store.runs()
+            if as_json:
+                print_json(runs)
+                return
             if fmt != Fmt.table:
                 typer.echo(runs_text(runs, fmt.value), nl=False)
                 return
@@ -85,9 +90,10 @@ def register(app: typer.Typer) -> None:
         fmt: Fmt = typer.Option(Fmt.table, "--format", "-f", help="table, json or csv."),
         samples: bool = typer.Option(False, help="Include every timed repetition (json/csv)."),
         results: Optional[Path] = typer.Option(None, "--results", "--db", help=_RESULTS_HELP),
+        as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
     ):
         """Show the measurements of one run, or the latest of each artifact/device."""
-        from kit.results.export import export_text
+        from kit.results.export import export_text, to_records
 
         with _open(results) as store:
             if run is not None:
@@ -95,6 +101,9 @@ def register(app: typer.Typer) -> None:
                 rows = store.measurements(run, device=device)
             else:
                 rows = store.latest_measurements(device=device)
+            if as_json:
+                print_json(to_records(rows, samples=samples))
+                return
             if fmt != Fmt.table:
                 typer.echo(export_text(rows, fmt.value, samples=samples), nl=False)
                 return
@@ -130,12 +139,16 @@ def register(app: typer.Typer) -> None:
         confidence: float = typer.Option(0.99, min=0.5, max=0.9999, help="Confidence level of the noise verdict."),
         fmt: Fmt = typer.Option(Fmt.table, "--format", "-f", help="table or json (csv: use 'edgekit results export')."),
         results: Optional[Path] = typer.Option(None, "--results", "--db", help=_RESULTS_HELP),
+        as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
     ):
         """Compare two runs, two devices or two artifacts: ratios B/A and whether latency moved beyond noise."""
         from kit.results.compare import compare
 
         with _open(results) as store:
             c = compare(store, a, b, confidence=confidence)
+        if as_json:
+            print_json(c.to_dict())
+            return
         if fmt != Fmt.table:
             typer.echo(json.dumps(c.to_dict(), indent=2))
             return

@@ -1,4 +1,5 @@
-"""Compression stages: each a config object applied by one verb; kit.compress.chain composes them."""
+"""Compression passes: each a config class (kit.compress.<method>) applied by one verb, registered
+in kit.compress.registry; kit.compress.chain composes them. Importing this package loads no torch."""
 
 from kit.compress.cluster import Cluster, cluster
 from kit.compress.distill import Distill, TrainConfig, distill, train

@@ -10,24 +10,27 @@ import copy
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Literal
 
+import numpy as np
+
+from kit.compress.base import Pass, StepContext, StepResult
 from kit.errors import EdgeKitError
 from kit.progress import ProgressFn, report
 
-TARGETS = (nn.Conv2d, nn.Conv1d, nn.Linear)
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass
-class Cluster:
+class Cluster(Pass):
     scheme: str = "kmeans"  # kmeans | log2 (power-of-two)
     clusters: int = 16  # kmeans: codebook entries per layer
     bits: int = 4  # log2: sign bit + (bits - 1) bits of exponent (zero is one of the codes)
     min_params: int = 64  # smaller layers (e.g. a 1-channel stem) stay as they are
     exclude: list[str] = field(default_factory=list)
     seed: int = 0
+    method: Literal["cluster"] = "cluster"
 
     def __post_init__(self):
         if self.scheme not in ("kmeans", "log2"):
@@ -36,6 +39,9 @@ class Cluster:
             raise EdgeKitError(f"cluster clusters={self.clusters}: choose 2..256 codebook entries")
         if not 2 <= self.bits <= 8:
             raise EdgeKitError(f"cluster bits={self.bits}: choose 2..8")
+
+    def apply(self, model, ctx: StepContext) -> StepResult:
+        return StepResult(*cluster(model, self, ctx.progress))
 
 
 def _kmeans(w: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,13 +74,16 @@ def _log2(w: np.ndarray, bits: int) -> tuple[np.ndarray, int]:
 
 def cluster(model: nn.Module, config: Cluster, progress: ProgressFn = None):
     """Return (clustered copy of `model`, info: per-layer distinct values and packed-size estimates)."""
+    import torch
+    from torch import nn
+
     model = copy.deepcopy(model).eval()
     known = dict(model.named_modules())
     for name in config.exclude:
         if name not in known:
             raise EdgeKitError(f"cluster exclude: no module named {name!r} in {type(model).__name__}")
     targets = [(n, m) for n, m in model.named_modules()
-               if isinstance(m, TARGETS) and n not in config.exclude and m.weight.numel() >= config.min_params]
+               if isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear)) and n not in config.exclude and m.weight.numel() >= config.min_params]
     if not targets:
         raise EdgeKitError(f"cluster: no Conv/Linear layer of {type(model).__name__} has >= {config.min_params} weights")
     layers = {}

@@ -6,20 +6,21 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Literal
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
-
+from kit.compress.base import Pass, StepContext, StepResult
 from kit.data import Dataset
 from kit.errors import EdgeKitError
 from kit.progress import ProgressFn, report
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 
 @dataclass
 class TrainConfig:
+    __pydantic_config__ = Pass.__pydantic_config__
     epochs: int = 5
     batch_size: int = 64
     lr: float = 3e-3
@@ -47,7 +48,7 @@ def as_train_config(value) -> TrainConfig:
 
 
 @dataclass
-class Distill:
+class Distill(Pass):
     """Knowledge distillation config: loss = alpha * T^2 * KL(soft) + (1 - alpha) * CE(hard)
     [+ hint_weight * MSE(adapter(student feature), teacher feature)].
 
@@ -76,6 +77,7 @@ class Distill:
     batch_size: int | None = None
     max_samples: int | None = None
     seed: int | None = None
+    method: Literal["distill"] = "distill"
 
     def __post_init__(self):
         self.train = as_train_config(self.train)
@@ -93,11 +95,19 @@ class Distill:
         if (self.hint_teacher_layer is None) != (self.hint_student_layer is None):
             raise EdgeKitError("distill hint: give both hint_teacher_layer and hint_student_layer, or neither")
 
+    def apply(self, model, ctx: StepContext) -> StepResult:
+        student = build_student(self, ctx.splits) if self.student else model
+        teacher = ctx.teacher if ctx.teacher is not None else ctx.original
+        return StepResult(*_with_baseline(self, teacher, student, ctx.splits, ctx.eval_data, ctx.progress))
+
 
 def train_loop(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn, label: str, progress: ProgressFn,
                extra_params=(), set_train: Callable | None = None, set_eval: Callable | None = None,
                on_step: Callable[[int, int], None] | None = None) -> nn.Module:
     """AdamW + one-cycle over `data`; hooks let QAT graphs and gradual pruning reuse the same loop."""
+    import numpy as np
+    import torch
+
     if data.y is None:
         raise EdgeKitError("training needs labelled data; the data set given has no labels (y)")
     n = len(data) if cfg.max_samples is None else min(len(data), cfg.max_samples)
@@ -137,8 +147,51 @@ def train_loop(model: nn.Module, data: Dataset, cfg: TrainConfig, loss_fn, label
 _loop = train_loop
 
 
+def build_student(config: Distill, splits) -> nn.Module:
+    """The new student a distill step names (a MobileNet arch, torchvision:NAME or a model spec)."""
+    from kit.models import _replace_first_conv, load_model, mobilenet_student
+
+    channels = splits.train.x.shape[1]
+    if config.student in ("mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large"):
+        return mobilenet_student(config.student, config.width_mult, splits.num_classes, in_channels=channels,
+                                 stem_stride=config.stem_stride, depth_mult=config.depth_mult)
+    if config.student.startswith("torchvision:"):
+        model = load_model(config.student, num_classes=splits.num_classes)
+        if channels != 3 or config.stem_stride:
+            _replace_first_conv(model, channels, config.stem_stride)
+        return model
+    return load_model(config.student)
+
+
+def _with_baseline(config: Distill, teacher: nn.Module, student: nn.Module, splits, eval_data: Dataset,
+                   progress: ProgressFn) -> tuple[nn.Module, dict]:
+    from kit.evaluate import outputs, top1, torch_predictor
+
+    untrained = copy.deepcopy(student)
+    trained = distill(teacher, student, splits.train, config, progress)
+    info = {"student_params": sum(p.numel() for p in trained.parameters())}
+    if config.baseline and eval_data.y is not None:
+        # Same student, same data, same epochs and seed, labels only: what the teacher added.
+        cfg = config.train
+        if config.transfer_samples:
+            # Labels only exist for max_samples images: give the baseline as many optimiser steps.
+            n_lab = min(len(splits.train), cfg.max_samples)
+            n_all = min(len(splits.train), n_lab + config.transfer_samples)
+            steps = lambda n: sum(1 for i in range(0, n, cfg.batch_size) if min(cfg.batch_size, n - i) >= 2)  # noqa: E731
+            cfg = dataclasses.replace(cfg, epochs=max(1, round(cfg.epochs * steps(n_all) / steps(n_lab))))
+            info["baseline_epochs"] = cfg.epochs
+        alone = train(untrained, splits.train, cfg, progress)
+        score = lambda m: round(top1(outputs(torch_predictor(m), eval_data, 64), eval_data.y), 4)  # noqa: E731
+        info["top1_with_teacher"] = score(trained)
+        info["top1_without_teacher"] = score(alone)
+        info["top1_teacher"] = score(teacher)
+    return trained, info
+
+
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig | None = None, progress: ProgressFn = None) -> nn.Module:
     """Plain supervised training with cross-entropy; returns the trained model (in eval mode)."""
+    import torch.nn.functional as F
+
     cfg = cfg or TrainConfig()
     return train_loop(model, data, cfg, lambda m, x, y: F.cross_entropy(m(x), y), "train", progress)
 
@@ -164,6 +217,8 @@ class _Capture:
 
 def _adapter(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> nn.Module:
     # A 1x1 conv (or linear) maps student channels to teacher channels; pooling fixes spatial size.
+    from torch import nn
+
     if student_feat.dim() == 4 and teacher_feat.dim() == 4:
         size = teacher_feat.shape[-2:]
         return nn.Sequential(nn.Conv2d(student_feat.shape[1], teacher_feat.shape[1], 1, bias=False),
@@ -177,6 +232,9 @@ def _adapter(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> nn.Modul
 def distill(teacher: nn.Module, student: nn.Module, data: Dataset, config: Distill | None = None,
             progress: ProgressFn = None) -> nn.Module:
     """Train `student` to match `teacher`'s softened outputs plus the hard labels (and hints)."""
+    import torch
+    import torch.nn.functional as F
+
     config = config or Distill()
     teacher = copy.deepcopy(teacher).eval()
     T, a = config.temperature, config.alpha

@@ -38,6 +38,15 @@ def check(baseline: float, result: float, budget_points: float | None, basis: st
     return GateResult(passed, basis, baseline, result, drop, budget_points)
 
 
+def judge(baseline: dict, measured: dict, budget_points: float | None, baseline_top1: float | None = None) -> GateResult:
+    """The gate for one evaluation (kit.compress.chain's step rows, kit.evaluate.evaluate_artifact's
+    dict): top-1 against the original's when labelled (`baseline_top1` overrides the original's),
+    else the share of inputs whose top-1 class is unchanged stands in for the accuracy."""
+    if "top1" in baseline:
+        return check(baseline["top1"] if baseline_top1 is None else baseline_top1, measured["top1"], budget_points, "top1")
+    return check(1.0, measured["agreement"]["top1_match"], budget_points, "agreement")
+
+
 def refuse_if_over(gate: GateResult, override: bool, what: str = "the compressed model") -> None:
     """Raise unless the gate passed or the user overrides (--override-budget)."""
     if not gate.passed and not override:

@@ -5,19 +5,22 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
+from kit.compress.base import Pass, StepContext, StepResult
 from kit.compress.distill import TrainConfig, train_loop
-from kit.data import Dataset
 from kit.errors import EdgeKitError
 from kit.progress import ProgressFn
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from kit.data import Dataset
+
 
 @dataclass
-class LowRank:
+class LowRank(Pass):
     energy: float | None = 0.9  # keep the smallest rank whose singular values hold this share of sum(s^2)
     rank: int | None = None  # or a fixed rank (overrides energy)
     min_features: int = 16  # layers with fewer in or out features are left alone
@@ -26,6 +29,7 @@ class LowRank:
     lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0
+    method: Literal["lowrank"] = "lowrank"
 
     def __post_init__(self):
         if self.rank is None and self.energy is None:
@@ -35,14 +39,21 @@ class LowRank:
         if self.energy is not None and not 0.0 < self.energy <= 1.0:
             raise EdgeKitError(f"lowrank energy={self.energy}: must be in (0, 1], e.g. 0.9")
 
+    def apply(self, model, ctx: StepContext) -> StepResult:
+        return StepResult(*lowrank(model, self, ctx.splits.train, ctx.progress))
+
 
 def _target(m: nn.Module) -> bool:
+    from torch import nn
+
     if isinstance(m, nn.Linear):
         return True
     return isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1 and m.padding in ((0, 0), 0)
 
 
 def _factor(weight: torch.Tensor, config: LowRank) -> tuple[torch.Tensor, torch.Tensor, int, float]:
+    import torch
+
     u, s, vh = torch.linalg.svd(weight, full_matrices=False)
     energy = torch.cumsum(s**2, 0) / torch.sum(s**2)
     if config.rank is not None:
@@ -56,6 +67,9 @@ def _factor(weight: torch.Tensor, config: LowRank) -> tuple[torch.Tensor, torch.
 
 def lowrank(model: nn.Module, config: LowRank, data: Dataset | None = None, progress: ProgressFn = None):
     """Return (factorised copy of `model`, info: per-layer rank and energy, params before/after)."""
+    import torch.nn.functional as F
+    from torch import nn
+
     model = copy.deepcopy(model).eval()
     known = dict(model.named_modules())
     for name in config.exclude:

@@ -14,15 +14,19 @@ lesson: symmetric per-channel MinMax can be poor on real weights; `weight_symmet
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from kit.compress.base import Pass, StepContext, StepResult
 from kit.data import Dataset
 from kit.errors import EdgeKitError
+from kit.progress import ProgressFn, report
 
 CALIBRATIONS = ("MinMax", "Entropy", "Percentile")
 QTYPES = ("int8", "uint8", "int16", "uint16")
@@ -37,8 +41,27 @@ def auto_activation_type(target_arch: str | None = None) -> str:
     return "uint8" if arch in X86_ARCHES else "int8"
 
 
+class _OrtInt8(Pass):
+    """Facts and the chain step shared by ORT static and dynamic int8: the float model is exported
+    to ONNX in the chain's workdir and the quantized .onnx file is the step's output."""
+
+    runtimes = ("onnxruntime",)
+    terminal = True
+
+    def apply(self, model, ctx: StepContext) -> StepResult:
+        from kit.evaluate import file_size
+        from kit.package.onnx import export_onnx
+
+        fp32 = export_onnx(model, (ctx.example,), ctx.workdir / "model-fp32.onnx")
+        cfg, info = self._quantize_file(fp32, ctx)
+        info["fp32_onnx_bytes"] = file_size(fp32)
+        return StepResult(ctx.workdir / "model-int8.onnx", info, cfg)
+
+
 @dataclass
-class OrtInt8Static:
+class OrtInt8Static(_OrtInt8):
+    needs_calibration = True
+
     per_channel: bool = True
     calibration: str = "MinMax"  # MinMax | Entropy | Percentile
     max_samples: int = 256
@@ -48,6 +71,7 @@ class OrtInt8Static:
     weight_symmetric: bool = True
     nodes_to_exclude: list[str] = field(default_factory=list)  # ONNX node names kept in float
     keep_float: int = 0  # chain: keep this many most sensitive nodes in float (ORT sensitivity scan)
+    method: Literal["ort_quantize"] = "ort_quantize"
 
     def __post_init__(self):
         if self.calibration not in CALIBRATIONS:
@@ -59,19 +83,37 @@ class OrtInt8Static:
         if self.max_samples < 1:
             raise EdgeKitError(f"ort_quantize max_samples={self.max_samples}: must be >= 1")
 
+    def _quantize_file(self, fp32: Path, ctx: StepContext) -> tuple[Pass, dict]:
+        pre = preprocess(fp32, ctx.workdir / "model-fp32-pre.onnx")
+        cfg, info = self, {}
+        if cfg.keep_float:
+            from kit.compress.sensitivity import most_sensitive
+
+            rows = ort_sensitivity(pre, ctx.splits.calib, ctx.eval_data, config=cfg, progress=ctx.progress)
+            info["sensitivity"] = rows
+            cfg = dataclasses.replace(cfg, nodes_to_exclude=[*cfg.nodes_to_exclude, *most_sensitive(rows, cfg.keep_float)])
+        quantize_onnx(pre, cfg, ctx.splits.calib, ctx.workdir / "model-int8.onnx", preprocessed=True)
+        info["nodes_to_exclude"] = list(cfg.nodes_to_exclude)
+        return cfg, info
+
 
 @dataclass
-class OrtInt8Dynamic:
+class OrtInt8Dynamic(_OrtInt8):
     """Dynamic int8 (weights int8, activations quantized per call) for MatMul/Gemm by default."""
 
     per_channel: bool = True
     weight_type: str = "int8"
     op_types: list[str] = field(default_factory=lambda: ["MatMul", "Gemm"])
     nodes_to_exclude: list[str] = field(default_factory=list)
+    method: Literal["ort_quantize_dynamic"] = "ort_quantize_dynamic"
 
     def __post_init__(self):
         if self.weight_type not in QTYPES[:2]:
             raise EdgeKitError(f"ort_quantize_dynamic weight_type={self.weight_type!r}: choose int8 or uint8")
+
+    def _quantize_file(self, fp32: Path, ctx: StepContext) -> tuple[Pass, dict]:
+        quantize_onnx_dynamic(fp32, self, ctx.workdir / "model-int8.onnx")
+        return self, {}
 
 
 def _qtype(name: str):
@@ -184,3 +226,34 @@ def quantize_onnx_dynamic(model_path: str | Path, config: OrtInt8Dynamic, out_pa
                          weight_type=_qtype(config.weight_type), nodes_to_exclude=list(config.nodes_to_exclude) or None)
         tmp_out.replace(out_path)
     return out_path
+
+
+def ort_sensitivity(onnx_path: str | Path, calib: Dataset, data: Dataset, *, config=None, calib_samples: int = 64,
+                    eval_samples: int = 64, progress: ProgressFn = None) -> list[dict]:
+    """Rows {layer (ONNX node), type, sqnr_db, top1_match[, top1]} from ORT itself, worst first.
+    `onnx_path` should be the preprocessed model the final quantization will use (same node names)."""
+    import onnx
+
+    from kit.compress.sensitivity import head, sensitivity_row
+    from kit.evaluate import outputs
+    from kit.package.onnx import OrtRunner
+
+    config = config or OrtInt8Static()
+    config = dataclasses.replace(config, nodes_to_exclude=[], max_samples=calib_samples, keep_float=0)
+    data = head(data, eval_samples)
+    nodes = [(n.name, n.op_type) for n in onnx.load(str(onnx_path), load_external_data=False).graph.node
+             if n.op_type in ("Conv", "Gemm", "MatMul")]
+    if not nodes:
+        raise EdgeKitError(f"sensitivity: {onnx_path} has no Conv/Gemm/MatMul node to quantize")
+    ref = outputs(OrtRunner(onnx_path), data)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = Path(tmp) / "calibration.json"
+        for i, (name, kind) in enumerate(nodes):
+            out_path = Path(tmp) / f"q{i}.onnx"
+            quantize_onnx(onnx_path, config, calib, out_path, nodes_to_quantize=[name], calibration_cache=cache,
+                          preprocessed=True)
+            rows.append(sensitivity_row(name, kind, ref, outputs(OrtRunner(out_path), data), data.y))
+            report(progress, "ort sensitivity", i + 1, len(nodes))
+    rows.sort(key=lambda r: r["sqnr_db"])
+    return rows

@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-from torch.nn.utils import prune as tprune
-
+from kit.compress.base import Pass, StepContext, StepResult
 from kit.compress.distill import TrainConfig, train_loop
-from kit.data import Dataset
 from kit.errors import EdgeKitError
 from kit.progress import ProgressFn
 
-PRUNABLE = (nn.Conv2d, nn.Conv1d, nn.Linear)
+if TYPE_CHECKING:
+    from torch import nn
+
+    from kit.data import Dataset
+
+
+def _is_prunable(m) -> bool:
+    from torch import nn
+
+    return isinstance(m, (nn.Conv2d, nn.Conv1d, nn.Linear))
 
 
 @dataclass
-class Prune:
+class Prune(Pass):
     amount: float = 0.5  # fraction of weights set to zero (of the pool: all layers if global, each layer if not)
     scope: str = "global"  # global | layer
     schedule: str = "oneshot"  # oneshot | gradual (cubic ramp over the fine-tune steps, Zhu & Gupta 2017)
@@ -34,6 +39,7 @@ class Prune:
     seed: int = 0
     exclude: list[str] = field(default_factory=list)  # module names left dense
     per_layer: dict[str, float] = field(default_factory=dict)  # scope=layer: module name -> amount override
+    method: Literal["prune"] = "prune"
 
     def __post_init__(self):
         for where, a in [("amount", self.amount), *((f"per_layer[{k}]", v) for k, v in self.per_layer.items())]:
@@ -46,20 +52,23 @@ class Prune:
         if self.schedule == "gradual" and self.epochs < 1:
             raise EdgeKitError("prune schedule=gradual needs epochs >= 1 (pruning is spread over the fine-tune steps)")
 
+    def apply(self, model, ctx: StepContext) -> StepResult:
+        return StepResult(*prune(model, self, ctx.splits.train, ctx.progress))
+
 
 def prunable_layers(model: nn.Module, exclude=()) -> list[tuple[str, nn.Module]]:
     known = dict(model.named_modules())
     for name in exclude:
         if name not in known:
             raise EdgeKitError(f"prune exclude: no module named {name!r} in {type(model).__name__}")
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE) and n not in exclude]
+    return [(n, m) for n, m in model.named_modules() if _is_prunable(m) and n not in exclude]
 
 
 def layer_sparsity(model: nn.Module) -> dict[str, float]:
     """Fraction of exact zeros in each Conv/Linear weight (works before and after prune.remove)."""
     out = {}
     for name, m in model.named_modules():
-        if isinstance(m, PRUNABLE):
+        if _is_prunable(m):
             w = m.weight.detach()
             out[name] = round(float((w == 0).sum()) / w.numel(), 4)
     return out
@@ -68,7 +77,7 @@ def layer_sparsity(model: nn.Module) -> dict[str, float]:
 def global_sparsity(model: nn.Module) -> float:
     zeros = total = 0
     for _, m in model.named_modules():
-        if isinstance(m, PRUNABLE):
+        if _is_prunable(m):
             zeros += int((m.weight.detach() == 0).sum())
             total += m.weight.numel()
     return round(zeros / total, 4) if total else 0.0
@@ -76,6 +85,8 @@ def global_sparsity(model: nn.Module) -> float:
 
 def _prune_to(layers, config: Prune, target: float, done: float) -> None:
     """Raise sparsity from `done` to `target`: torch's pruning composes on the still-unpruned weights."""
+    from torch.nn.utils import prune as tprune
+
     if target <= done:
         return
     step = (target - done) / (1.0 - done)
@@ -91,6 +102,9 @@ def _prune_to(layers, config: Prune, target: float, done: float) -> None:
 
 def prune(model: nn.Module, config: Prune, data: Dataset | None = None, progress: ProgressFn = None):
     """Return (pruned copy of `model`, info dict with per-layer sparsity)."""
+    import torch.nn.functional as F
+    from torch.nn.utils import prune as tprune
+
     model = copy.deepcopy(model)
     layers = prunable_layers(model, config.exclude)
     if not layers:

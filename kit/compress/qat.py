@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
+from kit.compress.base import Pass, StepContext, StepResult
 from kit.compress.distill import TrainConfig, train_loop
 from kit.compress.quantize import (
     QuantizedModel,
@@ -20,13 +18,21 @@ from kit.compress.quantize import (
     xnnpack_config,
     xnnpack_quantizer,
 )
-from kit.data import Dataset
 from kit.errors import EdgeKitError
 from kit.progress import ProgressFn
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from kit.data import Dataset
+
 
 @dataclass
-class QAT:
+class QAT(Pass):
+    runtimes = ("executorch",)
+    terminal = True
+
     per_channel: bool = True
     epochs: int = 2
     lr: float = 5e-4
@@ -34,14 +40,21 @@ class QAT:
     seed: int = 0
     max_samples: int | None = None  # fine-tune on the first N training samples only
     skip_layers: list[str] = field(default_factory=list)
+    method: Literal["qat"] = "qat"
 
     def __post_init__(self):
         if self.epochs < 1:
             raise EdgeKitError(f"qat epochs={self.epochs}: QAT needs at least one epoch of fine-tuning")
 
+    def apply(self, model, ctx: StepContext) -> StepResult:
+        quantized = qat(model, self, ctx.splits.train, ctx.progress)
+        return StepResult(quantized, {"quantized_ops": quantized.quantized_ops})
+
 
 def _export_trainable(model: nn.Module, sample: torch.Tensor):
     # QAT trains on batches, so the batch dimension must stay dynamic in the exported graph.
+    import torch
+
     batch = torch.export.Dim("batch", min=2, max=4096)
     try:
         return torch.export.export(model.eval(), (sample,), dynamic_shapes=({0: batch},), strict=False).module()
@@ -54,6 +67,8 @@ def _export_trainable(model: nn.Module, sample: torch.Tensor):
 
 def qat(model: nn.Module, config: QAT, data: Dataset, progress: ProgressFn = None) -> QuantizedModel:
     """Fine-tune `model` with fake quantization on `data` (labelled), then convert to int8."""
+    import torch
+    import torch.nn.functional as F
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
 
     if data is None or len(data) < 2:

@@ -13,20 +13,50 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
-from torch import nn
 
+from kit.compress.base import Pass, StepContext, StepResult
 from kit.data import Dataset
 from kit.errors import EdgeKitError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 OBSERVERS = ("histogram", "minmax", "moving_average")
 
 
+class _XnnpackInt8(Pass):
+    """Facts and the chain step shared by static and dynamic PT2E int8."""
+
+    runtimes = ("executorch",)
+    terminal = True
+
+    def apply(self, model, ctx: StepContext) -> StepResult:
+        from kit.evaluate import per_layer_sqnr
+
+        cfg, info = self, {}
+        calib = ctx.splits.calib if self.needs_calibration else None
+        if getattr(cfg, "keep_float", 0):
+            from kit.compress.sensitivity import most_sensitive, quant_sensitivity
+
+            rows = quant_sensitivity(model, ctx.splits.calib, ctx.eval_data, progress=ctx.progress)
+            info["sensitivity"] = rows
+            cfg = dataclasses.replace(cfg, skip_layers=[*cfg.skip_layers, *most_sensitive(rows, cfg.keep_float)])
+        quantized = quantize(model, cfg, calib, ctx.input_shape)
+        info["skip_layers"] = list(cfg.skip_layers)
+        info["quantized_ops"] = quantized.quantized_ops
+        info["worst_layers_sqnr"] = per_layer_sqnr(quantized, ctx.splits.calib, max_samples=4)[:8]
+        return StepResult(quantized, info, cfg)
+
+
 @dataclass
-class Int8Static:
+class Int8Static(_XnnpackInt8):
     """Static int8: weights and activations int8, activation ranges from calibration data."""
+
+    needs_calibration = True
 
     per_channel: bool = True
     calib_batches: int = 8
@@ -34,6 +64,7 @@ class Int8Static:
     observer: str = "histogram"  # activation observer: histogram | minmax | moving_average
     skip_layers: list[str] = field(default_factory=list)  # module names kept in float
     keep_float: int = 0  # chain: also keep this many most sensitive layers in float (sensitivity scan)
+    method: Literal["quantize"] = "quantize"
 
     def __post_init__(self):
         if self.keep_float < 0:
@@ -44,12 +75,13 @@ class Int8Static:
 
 
 @dataclass
-class Int8Dynamic:
+class Int8Dynamic(_XnnpackInt8):
     """Dynamic int8: int8 weights, activation scales computed per call. XNNPACK's dynamic config
     covers Linear and (measured on MobileNetV2) Conv too; a conv-free model keeps only its Linears."""
 
     per_channel: bool = True
     skip_layers: list[str] = field(default_factory=list)
+    method: Literal["quantize_dynamic"] = "quantize_dynamic"
 
 
 @dataclass
@@ -116,6 +148,8 @@ def check_layer_names(model: nn.Module, names, field_name: str) -> None:
 def export_for_quant(model: nn.Module, example: tuple[torch.Tensor, ...]):
     """Export with a dynamic batch when the model allows it (batched calibration and evaluation are
     far quicker), else with the example's fixed shape. Returns (graph module, batch_is_dynamic)."""
+    import torch
+
     x = example[0]
     try:
         batch = torch.export.Dim("batch", min=1, max=4096)
@@ -139,6 +173,8 @@ def count_quantize_ops(graph: nn.Module) -> int:
 
 
 def example_from(calib: Dataset | None, input_shape: tuple[int, ...] | None) -> tuple[torch.Tensor, ...]:
+    import torch
+
     if input_shape is None:
         if calib is None or len(calib) == 0:
             raise EdgeKitError("calibration set is empty; give --data with at least one sample (or an input shape for dynamic int8)")
@@ -149,6 +185,8 @@ def example_from(calib: Dataset | None, input_shape: tuple[int, ...] | None) -> 
 def calibrate(prepared: nn.Module, calib: Dataset | None, max_samples: int, batch_size: int = 1) -> int:
     if calib is None or len(calib) == 0:
         raise EdgeKitError("calibration set is empty; static int8 needs calibration samples (--data)")
+    import torch
+
     data = Dataset(calib.x[:max_samples], None)
     with torch.no_grad():
         # A graph exported with a fixed batch of one is calibrated sample by sample.
@@ -183,6 +221,8 @@ def convert(prepared: nn.Module, model_name: str, what: str) -> nn.Module:
 def quantize(model: nn.Module, config: Int8Static | Int8Dynamic, calib: Dataset | None,
              input_shape: tuple[int, ...] | None = None) -> QuantizedModel:
     """Quantize `model` for XNNPACK with PT2E and calibrate it on `calib`."""
+    import torch
+
     name = type(model).__name__
     example = example_from(calib, input_shape)
     dynamic = isinstance(config, Int8Dynamic)

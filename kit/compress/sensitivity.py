@@ -5,16 +5,13 @@ and how far each layer can be pruned (per-layer pruning ratios).
   scheme (weights symmetric per-channel [-127, 127], input activations asymmetric per-tensor int8
   from calibration ranges). Emulated in eager mode because one PT2E prepare per layer costs tens
   of seconds; the chosen layers then go to the real quantizer as `skip_layers`.
-- ONNX Runtime: one node at a time through ORT's own quantize_static (nodes_to_quantize=[node],
-  calibration computed once and cached), run in ORT; the chosen nodes become `nodes_to_exclude`.
+- ONNX Runtime: kit.compress.ort_quant.ort_sensitivity (one node at a time through ORT itself).
 - Pruning: each layer alone pruned at several ratios (torch.nn.utils.prune L1), accuracy measured.
 """
 
 from __future__ import annotations
 
 import copy
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,26 +20,19 @@ from torch.nn.utils import prune as tprune
 
 from kit.data import Dataset
 from kit.errors import EdgeKitError
-from kit.evaluate import agreement, outputs, top1
+from kit.evaluate import agreement, outputs, top1, torch_predictor
 from kit.progress import ProgressFn, report
 
 TARGETS = (nn.Conv2d, nn.Linear)
 
 
-def _subset(data: Dataset, n: int) -> Dataset:
+def head(data: Dataset, n: int) -> Dataset:
     if data is None or len(data) == 0:
         raise EdgeKitError("sensitivity: the data set is empty; give samples with --data")
     return Dataset(data.x[:n], None if data.y is None else data.y[:n])
 
 
-def _batched(module: nn.Module):
-    def run(x):
-        with torch.no_grad():
-            return module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
-    return run
-
-
-def _row(name: str, kind: str, ref: np.ndarray, out: np.ndarray, labels) -> dict:
+def sensitivity_row(name: str, kind: str, ref: np.ndarray, out: np.ndarray, labels) -> dict:
     a = agreement(ref, out)
     row = {"layer": name, "type": kind, "sqnr_db": round(a.sqnr_db, 2) if np.isfinite(a.sqnr_db) else 999.0,
            "top1_match": round(a.top1_match, 4)}
@@ -55,7 +45,7 @@ def quant_sensitivity(model: nn.Module, calib: Dataset, data: Dataset, *, calib_
                       eval_samples: int = 128, progress: ProgressFn = None) -> list[dict]:
     """Rows {layer, type, sqnr_db, top1_match[, top1]}, most sensitive (lowest SQNR) first."""
     model = copy.deepcopy(model).eval()
-    calib, data = _subset(calib, calib_samples), _subset(data, eval_samples)
+    calib, data = head(calib, calib_samples), head(data, eval_samples)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, TARGETS)]
     if not layers:
         raise EdgeKitError(f"sensitivity: {type(model).__name__} has no Conv2d/Linear layer to quantize")
@@ -69,10 +59,10 @@ def quant_sensitivity(model: nn.Module, calib: Dataset, data: Dataset, *, calib_
         return hook
 
     handles = [m.register_forward_pre_hook(observe(n)) for n, m in layers]
-    outputs(_batched(model), calib, batch_size=32)
+    outputs(torch_predictor(model), calib, batch_size=32)
     for h in handles:
         h.remove()
-    ref = outputs(_batched(model), data, batch_size=32)
+    ref = outputs(torch_predictor(model), data, batch_size=32)
     rows = []
     for i, (name, m) in enumerate(layers):
         lo, hi = min(ranges[name][0], 0.0), max(ranges[name][1], 0.0)
@@ -87,44 +77,12 @@ def quant_sensitivity(model: nn.Module, calib: Dataset, data: Dataset, *, calib_
         m.weight.data = torch.fake_quantize_per_channel_affine(w, w_scale, torch.zeros_like(w_scale, dtype=torch.int32), 0, -127, 127)
         handle = m.register_forward_pre_hook(fq_input)
         try:
-            out = outputs(_batched(model), data, batch_size=32)
+            out = outputs(torch_predictor(model), data, batch_size=32)
         finally:
             handle.remove()
             m.weight.data = w
-        rows.append(_row(name, type(m).__name__, ref, out, data.y))
+        rows.append(sensitivity_row(name, type(m).__name__, ref, out, data.y))
         report(progress, "quant sensitivity", i + 1, len(layers))
-    rows.sort(key=lambda r: r["sqnr_db"])
-    return rows
-
-
-def ort_sensitivity(onnx_path: str | Path, calib: Dataset, data: Dataset, *, config=None, calib_samples: int = 64,
-                    eval_samples: int = 64, progress: ProgressFn = None) -> list[dict]:
-    """Rows {layer (ONNX node), type, sqnr_db, top1_match[, top1]} from ORT itself, worst first.
-    `onnx_path` should be the preprocessed model the final quantization will use (same node names)."""
-    import dataclasses
-
-    import onnx
-
-    from kit.compress.ort_quant import OrtInt8Static, quantize_onnx
-    from kit.package.onnx import OrtRunner
-
-    config = config or OrtInt8Static()
-    config = dataclasses.replace(config, nodes_to_exclude=[], max_samples=calib_samples, keep_float=0)
-    data = _subset(data, eval_samples)
-    nodes = [(n.name, n.op_type) for n in onnx.load(str(onnx_path), load_external_data=False).graph.node
-             if n.op_type in ("Conv", "Gemm", "MatMul")]
-    if not nodes:
-        raise EdgeKitError(f"sensitivity: {onnx_path} has no Conv/Gemm/MatMul node to quantize")
-    ref = outputs(OrtRunner(onnx_path), data)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp) / "calibration.json"
-        for i, (name, kind) in enumerate(nodes):
-            out_path = Path(tmp) / f"q{i}.onnx"
-            quantize_onnx(onnx_path, config, calib, out_path, nodes_to_quantize=[name], calibration_cache=cache,
-                          preprocessed=True)
-            rows.append(_row(name, kind, ref, outputs(OrtRunner(out_path), data), data.y))
-            report(progress, "ort sensitivity", i + 1, len(nodes))
     rows.sort(key=lambda r: r["sqnr_db"])
     return rows
 
@@ -144,9 +102,9 @@ def prune_sensitivity(model: nn.Module, data: Dataset, ratios=(0.25, 0.5, 0.75, 
     for r in ratios:
         if not 0.0 < r < 1.0:
             raise EdgeKitError(f"prune sensitivity ratio {r}: ratios must be in (0, 1)")
-    data = _subset(data, eval_samples)
+    data = head(data, eval_samples)
     base = copy.deepcopy(model).eval()
-    ref = outputs(_batched(base), data, batch_size=64)
+    ref = outputs(torch_predictor(base), data, batch_size=64)
     base_score = top1(ref, data.y) if data.y is not None else 1.0
     layers = [n for n, m in base.named_modules() if isinstance(m, TARGETS)]
     table, suggested = {}, {}
@@ -156,7 +114,7 @@ def prune_sensitivity(model: nn.Module, data: Dataset, ratios=(0.25, 0.5, 0.75, 
         for r in sorted(ratios):
             m = copy.deepcopy(base)
             tprune.l1_unstructured(m.get_submodule(name), "weight", amount=r)
-            out = outputs(_batched(m), data, batch_size=64)
+            out = outputs(torch_predictor(m), data, batch_size=64)
             score = top1(out, data.y) if data.y is not None else agreement(ref, out).top1_match
             drop = round(100 * (base_score - score), 2)
             table[name][str(r)] = drop
@@ -167,4 +125,4 @@ def prune_sensitivity(model: nn.Module, data: Dataset, ratios=(0.25, 0.5, 0.75, 
     return {"basis": "top1" if data.y is not None else "agreement", "drop_points": table, "suggested": suggested}
 
 
-__all__ = ["quant_sensitivity", "ort_sensitivity", "most_sensitive", "prune_sensitivity"]
+__all__ = ["quant_sensitivity", "most_sensitive", "prune_sensitivity", "sensitivity_row", "head"]

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
-import torch
-import torch.nn.functional as F
-from torch import nn
-
+from kit.compress.base import Pass, StepContext, StepResult
 from kit.compress.distill import TrainConfig, train_loop
-from kit.data import Dataset
 from kit.errors import EdgeKitError
 from kit.progress import ProgressFn, report
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from kit.data import Dataset
+
 
 @dataclass
-class PruneStructured:
+class PruneStructured(Pass):
     ratio: float = 0.5  # fraction of channels removed from each prunable group
     norm: str = "l1"  # l1 | l2
     global_pruning: bool = False
@@ -30,6 +33,7 @@ class PruneStructured:
     batch_size: int = 64
     seed: int = 0
     ignore: list[str] = field(default_factory=list)  # module names whose output channels stay
+    method: Literal["prune_structured"] = "prune_structured"
 
     def __post_init__(self):
         if not 0.0 < self.ratio < 1.0:
@@ -39,13 +43,20 @@ class PruneStructured:
         if self.iterative_steps < 1:
             raise EdgeKitError(f"prune_structured iterative_steps={self.iterative_steps}: must be >= 1")
 
+    def apply(self, model, ctx: StepContext) -> StepResult:
+        return StepResult(*prune_structured(model, self, ctx.example, ctx.splits.train, ctx.progress))
+
 
 def conv_channels(model: nn.Module) -> dict[str, int]:
+    from torch import nn
+
     return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
 def _classifier(model: nn.Module, num_classes: int | None) -> list[nn.Module]:
     # The output layer's channels are the classes: never prune them.
+    from torch import nn
+
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if linears:
@@ -56,6 +67,7 @@ def _classifier(model: nn.Module, num_classes: int | None) -> list[nn.Module]:
 def prune_structured(model: nn.Module, config: PruneStructured, example: torch.Tensor, data: Dataset | None = None,
                      progress: ProgressFn = None):
     """Return (pruned copy of `model`, info dict: channels before/after, params, MACs)."""
+    import torch.nn.functional as F
     import torch_pruning as tp
 
     model = copy.deepcopy(model).eval()

@@ -1,7 +1,7 @@
-"""Import an Ansible inventory (INI hosts file or YAML) into the kit's device inventory.
+"""Read an Ansible inventory (INI hosts file or YAML) as the kit's device entries.
 
     entries = parse_ansible("hosts.ini")                 # list[DeviceEntry]
-    added, path = import_ansible("hosts.yml", inventory=None, replace=False)
+    added, path = kit.devices.inventory.import_ansible("hosts.yml", inventory=None, replace=False)
 
 What is read: hosts (with `name[01:20]` ranges and `name:port`), groups, `:children` nesting and
 `:vars`, with Ansible's precedence (group vars by depth, parents before children, then host
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from kit.devices.entry import DeviceEntry
 from kit.errors import EdgeKitError
-from kit.devices.inventory import DeviceEntry, Inventory
 
 _CONN = {
     "ansible_host": "host", "ansible_ssh_host": "host",
@@ -274,16 +274,3 @@ def parse_ansible(path: str | Path) -> list[DeviceEntry]:
     if not entries:
         raise EdgeKitError(f"{path}: no hosts found")
     return entries
-
-
-def import_ansible(path: str | Path, inventory: str | Path | None = None, *, replace: bool = False
-                   ) -> tuple[list[DeviceEntry], Path]:
-    """Add the Ansible inventory's hosts to the kit's inventory (saved atomically); all or nothing."""
-    entries = parse_ansible(path)
-    inv = Inventory.load(inventory) if inventory is None or Path(inventory).exists() else Inventory({}, Path(inventory))
-    clash = [e.name for e in entries if e.name in inv.devices]
-    if clash and not replace:
-        raise EdgeKitError(f"{', '.join(clash)} already in the inventory {inv.path}; pass --replace to overwrite them")
-    for e in entries:
-        inv.add(e, replace=replace)
-    return entries, inv.save(inventory)

@@ -16,8 +16,9 @@ class Device(Protocol):
     emulated: bool
 
     def run_agent(self, args: list[str], timeout: float = 900,
-                  on_stderr: Optional[Callable[[bytes], None]] = None) -> dict:
+                  on_stderr: Optional[Callable[[str], None]] = None) -> dict:
         """Run `python3 -m device_agents <args>` on the device; the parsed envelope (ok or not).
+        on_stderr gets the agent's stderr line by line (decoded, without the newline).
         Raises LinkLost (retryable) when the link fails, AgentProtocolError on a broken answer."""
 
     def stage_bundle(self, bundle_path: Path, progress: ProgressFn = None) -> str:
@@ -30,14 +31,18 @@ class Device(Protocol):
     def __exit__(self, *exc): ...
 
 
-def parse_envelope(device: str, stdout: bytes | str) -> dict:
-    """device_agents.protocol.parse_reply with the device named in the error."""
+def parse_envelope(device: str, stdout: bytes | str, *, exit_code: int | None = None,
+                   stderr: bytes | str = b"") -> dict:
+    """device_agents.protocol.parse_reply with the device named in the error (and, when given, the
+    agent's exit code and the tail of its stderr: what a user needs to see why it said nothing)."""
     from device_agents.protocol import ProtocolError, parse_reply
 
     try:
         return parse_reply(stdout)
     except ProtocolError as e:
-        raise AgentProtocolError(device, str(e)) from None
+        tail = (stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr).strip()[-300:]
+        detail = f" (exit {exit_code})" if exit_code is not None else ""
+        raise AgentProtocolError(device, f"{e}{detail}" + (f": {tail}" if tail else "")) from None
 
 
 def result_of(device: str, verb: str, doc: dict) -> dict:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from kit.errors import EdgeKitError
-from kit.package.bundle import Bundle
+from kit.devices.base import Device, result_of
+
+if TYPE_CHECKING:  # kit.package imports torch: not needed to talk to a device
+    from kit.package.bundle import Bundle
 
 
 @dataclass
@@ -55,18 +58,14 @@ class Measurement:
         return json.dumps(asdict(self), indent=2)
 
 
-def bench(device, bundle: Bundle, options: BenchOptions | None = None) -> Measurement:
-    """Measure `bundle` on `device` (LocalDevice or an SSH device) with the device agent."""
+def bench(device: Device, bundle: Bundle, options: BenchOptions | None = None) -> Measurement:
+    """Measure `bundle` on `device` (any kit.devices.base.Device) with the device agent.
+    Raises AgentRefused (its code: hash_mismatch, bad_signature, ...) when the agent says no."""
     options = options or BenchOptions()
     remote = device.stage_bundle(bundle.path)
     doc = device.run_agent(["bench", "--bundle", remote, "--opts", json.dumps(options.to_agent_opts())],
                            timeout=options.deadline_s + 120)
-    if doc.get("schema_version") != 1:
-        raise EdgeKitError(f"device {device.name}: agent answered schema_version {doc.get('schema_version')!r}; update the agent")
-    if not doc.get("ok"):
-        err = doc.get("error", {})
-        raise EdgeKitError(f"device {device.name}: bench of {bundle.path.name} failed [{err.get('code')}]: {err.get('message')}")
-    r = doc["result"]
+    r = result_of(device.name, f"bench of {bundle.path.name}", doc)
     lat = r["latency"]
     return Measurement(
         device=device.name, bundle_id=r["bundle_id"], model_name=r.get("model_name") or "", runtime=r["runtime"],

@@ -24,72 +24,18 @@ existing fleet inventory can be pointed at directly. The name "local" is the bui
 from __future__ import annotations
 
 import os
-import re
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from kit.config import config_dir
+from kit.devices.ansible import parse_ansible
+from kit.devices.entry import LOCAL, DeviceEntry
 from kit.errors import EdgeKitError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-LOCAL = "local"
-
-
-@dataclass
-class DeviceEntry:
-    name: str
-    host: str = ""
-    port: int = 22
-    user: str | None = None
-    key: str | None = None
-    kind: str = "linux"
-    python: str = "python3"
-    home: str = "~/.edgekit"
-    groups: list[str] = field(default_factory=list)
-    vars: dict = field(default_factory=dict)
-    emulated: bool = False
-    # A known_hosts file for this device only (tests, isolated labs); None = the usual files.
-    known_hosts: str | None = None
-    # True when the device's authorized_keys pins our key to the forced-command agent
-    # (device_agents/forced.py): then only agent verbs are sent, never a command line.
-    forced_command: bool = False
-
-    def __post_init__(self):
-        if not _NAME.match(self.name or ""):
-            raise EdgeKitError(f"device name {self.name!r}: use letters, digits, '.', '_' or '-' (max 64)")
-        if self.name != LOCAL and not self.host:
-            raise EdgeKitError(f"device {self.name}: no host; give an address or a ~/.ssh/config Host name")
-        try:
-            self.port = int(self.port)
-        except (TypeError, ValueError):
-            raise EdgeKitError(f"device {self.name}: port {self.port!r} is not a number") from None
-        if not 0 < self.port < 65536:
-            raise EdgeKitError(f"device {self.name}: port {self.port} is out of range 1-65535")
-        if isinstance(self.groups, str):
-            self.groups = [self.groups]
-        self.groups = list(self.groups or [])
-        self.vars = dict(self.vars or {})
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("name")
-        defaults = DeviceEntry(name="x", host="x")
-        # Keep the YAML short: only what differs from the defaults.
-        return {k: v for k, v in d.items() if k == "host" or v != getattr(defaults, k)}
-
-    @classmethod
-    def from_dict(cls, name: str, data: dict, where: str = "inventory") -> "DeviceEntry":
-        if not isinstance(data, dict):
-            raise EdgeKitError(f"{where}: device {name!r} must be a mapping of host/port/user/...")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise EdgeKitError(f"{where}: device {name!r} has unknown field(s) {', '.join(unknown)}; "
-                               f"allowed: {', '.join(sorted(known - {'name'}))}")
-        return cls(name=name, **data)
+__all__ = ["LOCAL", "DeviceEntry", "Inventory", "connect", "import_ansible"]
 
 
 @dataclass
@@ -117,8 +63,6 @@ class Inventory:
         if not isinstance(doc, dict):
             raise EdgeKitError(f"inventory {path}: expected a mapping with 'devices:' at the top")
         if "devices" not in doc and "all" in doc:
-            from kit.devices.ansible import parse_ansible  # late: ansible.py builds DeviceEntry objects
-
             return cls({e.name: e for e in parse_ansible(path)}, path)
         extra = sorted(set(doc) - {"devices", "groups"})
         if extra:
@@ -133,6 +77,13 @@ class Inventory:
                 if group not in devices[member].groups:
                     devices[member].groups.append(group)
         return cls(devices, path)
+
+    @classmethod
+    def load_or_new(cls, path: str | Path | None = None) -> "Inventory":
+        """load(path), or an empty inventory to be saved at `path` when that file does not exist yet."""
+        if path is None or Path(path).exists():
+            return cls.load(path)
+        return cls({}, Path(path))
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write atomically (temporary file + rename) so a crash never leaves half an inventory."""
@@ -199,15 +150,25 @@ class Inventory:
 def connect(entry_or_name: DeviceEntry | str, inventory: Inventory | None = None, **ssh_options):
     """Open a device: "local" is the built-in LocalDevice, anything else an SshDevice (connected)."""
     if isinstance(entry_or_name, str):
-        if entry_or_name == LOCAL:
-            from kit.devices.local import LocalDevice
-
-            return LocalDevice()
-        entry_or_name = (inventory or Inventory.load()).get(entry_or_name)
+        entry_or_name = DeviceEntry(name=LOCAL) if entry_or_name == LOCAL else (inventory or Inventory.load()).get(entry_or_name)
     if entry_or_name.name == LOCAL:
         from kit.devices.local import LocalDevice
 
         return LocalDevice(python=None if entry_or_name.python == "python3" else entry_or_name.python)
-    from kit.devices.ssh.transport import SshDevice
+    from kit.devices.ssh import SshDevice  # late: paramiko only for SSH devices
 
     return SshDevice(entry_or_name, **ssh_options)
+
+
+def import_ansible(path: str | Path, inventory: str | Path | None = None, *, replace: bool = False
+                   ) -> tuple[list[DeviceEntry], Path]:
+    """Add an Ansible inventory's hosts (kit.devices.ansible.parse_ansible) to the kit's inventory,
+    saved atomically; all or nothing."""
+    entries = parse_ansible(path)
+    inv = Inventory.load_or_new(inventory)
+    clash = [e.name for e in entries if e.name in inv.devices]
+    if clash and not replace:
+        raise EdgeKitError(f"{', '.join(clash)} already in the inventory {inv.path}; pass --replace to overwrite them")
+    for e in entries:
+        inv.add(e, replace=replace)
+    return entries, inv.save(inventory)

@@ -6,14 +6,16 @@ the agent folder is used in place and bundles are read where they lie.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import device_agents
-from kit.errors import EdgeKitError
+from kit.devices.base import parse_envelope
+from kit.devices.enrol import default_trusted_keys
+from kit.errors import DeviceError
+from kit.progress import ProgressFn
 
 
 def agent_root() -> Path:
@@ -28,30 +30,28 @@ class LocalDevice:
     def __init__(self, python: str | None = None):
         self.python = python or sys.executable
 
-    def run_agent(self, args: list[str], timeout: float = 900) -> dict:
+    def run_agent(self, args: list[str], timeout: float = 900, on_stderr=None) -> dict:
+        """The agent's envelope (kit.devices.base.parse_envelope); on_stderr gets its stderr lines
+        once it has exited."""
         env = dict(os.environ)
         # Only the agent package on the path: the agent must not depend on kit/.
         env["PYTHONPATH"] = str(agent_root())
         # The local device is this host: it trusts the kit's own signing key(s), no enrolment step.
-        from kit.package.signing import public_key_paths
-
-        trusted = [str(p) for p in public_key_paths()] + [v for v in [env.get("EDGEKIT_TRUSTED_KEYS")] if v]
+        trusted = [str(p) for p in default_trusted_keys()] + [v for v in [env.get("EDGEKIT_TRUSTED_KEYS")] if v]
         env["EDGEKIT_TRUSTED_KEYS"] = os.pathsep.join(trusted)
         try:
-            proc = subprocess.run([self.python, "-m", "device_agents", *args], capture_output=True, text=True,
-                                  timeout=timeout, env=env, cwd=str(agent_root()))
+            proc = subprocess.run([self.python, "-m", "device_agents", *[str(a) for a in args]], capture_output=True,
+                                  text=True, timeout=timeout, env=env, cwd=str(agent_root()))
         except subprocess.TimeoutExpired as e:
-            raise EdgeKitError(f"device local: the agent did not answer within {timeout:g} s") from e
-        lines = proc.stdout.strip().splitlines()
-        if not lines:
-            raise EdgeKitError(f"device local: the agent printed nothing (exit {proc.returncode}): {proc.stderr.strip()[-200:]}")
-        try:
-            return json.loads(lines[-1])
-        except json.JSONDecodeError as e:
-            raise EdgeKitError(f"device local: the agent's output is not JSON: {lines[-1][:200]}") from e
+            raise DeviceError(self.name, f"the agent did not answer within {timeout:g} s") from e
+        if on_stderr is not None:
+            for line in proc.stderr.splitlines():
+                on_stderr(line)
+        return parse_envelope(self.name, proc.stdout, exit_code=proc.returncode, stderr=proc.stderr)
 
-    def stage_bundle(self, bundle_path: Path) -> str:
-        """Where the agent finds the bundle: on the local device, where it already lies."""
+    def stage_bundle(self, bundle_path: Path, progress: ProgressFn = None, check_space: bool = True) -> str:
+        """Where the agent finds the bundle: on the local device, where it already lies (nothing to
+        send, so `progress` and `check_space` have nothing to do)."""
         return str(Path(bundle_path).resolve())
 
     def close(self) -> None:

@@ -14,7 +14,8 @@ import torch
 
 from kit.compress.quantize import QuantizedModel
 from kit.errors import EdgeKitError
-from kit.package.bundle import Bundle, parse_expires, sha256_file, write_bundle
+from device_agents.protocol import sha256_file
+from kit.package.bundle import Bundle, parse_expires, write_bundle
 from kit.package.executorch import Delegation, PteRunner, export_pte
 from kit.package.onnx import OrtRunner, export_onnx, self_contained_onnx
 from kit.package.ort import OPS_CONFIG, OPT_LEVELS, convert_to_ort, optimize_onnx
@@ -82,6 +83,24 @@ def _delegation_warning(d: Delegation) -> str | None:
             f"and will be slow on the device (fell back: {fell_back or 'none listed'})")
 
 
+def _check_request(model, target: str, example_input, optimize: str | None, expires, key) -> None:
+    """Everything about a package request that can be wrong, checked before minutes of export."""
+    if target not in TARGETS:
+        raise EdgeKitError(f"target {target!r}: choose one of {', '.join(TARGETS)}")
+    if isinstance(model, (str, Path)) and Path(model).suffix not in FORMATS[target]:
+        suffix = Path(model).suffix
+        raise EdgeKitError(f"{model}: a {suffix or 'suffix-less'} file cannot be packaged for target {target!r} "
+                           f"(expects {' or '.join(FORMATS[target])})")
+    if example_input is None:
+        raise EdgeKitError("package needs an example input (its shape fixes the model's input shape)")
+    if optimize is not None and optimize not in OPT_LEVELS:
+        raise EdgeKitError(f"optimize {optimize!r}: choose one of {', '.join(OPT_LEVELS)}")
+    parse_expires(expires)
+    from kit.package.signing import load_private_key
+
+    load_private_key(key)  # a missing signing key
+
+
 def package(model, target: str, out_dir: str | Path, example_input: np.ndarray | None = None, *,
             name: str = "model", extra: dict | None = None, recipe: dict | None = None,
             compression: dict | None = None, preprocessing: dict | None = None, key: str | Path | None = None,
@@ -94,16 +113,7 @@ def package(model, target: str, out_dir: str | Path, example_input: np.ndarray |
     `optimize` ("basic"/"extended"): ORT offline graph optimisation for the onnx/ort targets.
     `expires`: "30d", "12h", an ISO date, ... `recipe`/`compression`: recorded in the manifest.
     """
-    if target not in TARGETS:
-        raise EdgeKitError(f"target {target!r}: choose one of {', '.join(TARGETS)}")
-    if example_input is None:
-        raise EdgeKitError("package needs an example input (its shape fixes the model's input shape)")
-    if optimize is not None and optimize not in OPT_LEVELS:
-        raise EdgeKitError(f"optimize {optimize!r}: choose one of {', '.join(OPT_LEVELS)}")
-    parse_expires(expires)  # a bad --expires fails before minutes of export
-    from kit.package.signing import load_private_key
-
-    load_private_key(key)  # likewise a missing signing key
+    _check_request(model, target, example_input, optimize, expires, key)
     example_input = np.ascontiguousarray(example_input, dtype=np.float32)
     extra = dict(extra or {})
     warnings: list[str] = []
@@ -115,9 +125,6 @@ def package(model, target: str, out_dir: str | Path, example_input: np.ndarray |
             model_file = Path(model)
             if not model_file.is_file():
                 raise EdgeKitError(f"model file {model_file}: no such file")
-            if model_file.suffix not in FORMATS[target]:
-                raise EdgeKitError(f"{model_file}: a {model_file.suffix or 'suffix-less'} file cannot be packaged for "
-                                   f"target {target!r} (expects {' or '.join(FORMATS[target])})")
             if model_file.suffix == ".onnx":
                 model_file = self_contained_onnx(model_file, tmp / "model.onnx")
         else:

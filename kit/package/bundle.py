@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from device_agents.bundle import sha256_file  # the device computes it the same way: one implementation
+from device_agents.protocol import sha256_file  # the device computes it the same way: one implementation
 from kit.errors import EdgeKitError
 
 SCHEMA_VERSION = 1

@@ -56,7 +56,7 @@ def self_contained_onnx(src: str | Path, dst: str | Path) -> Path:
 
     import onnx
 
-    from device_agents.bundle import onnx_external_locations
+    from device_agents.onnx_refs import onnx_external_locations
     from device_agents.errors import AgentError
 
     src, dst = Path(src), Path(dst)

@@ -1,8 +1,8 @@
 """`edgekit demo`: the whole job on embedded defaults, no device and no network.
 
-digits -> teacher CNN -> MobileNetV2 student by distillation -> int8 for XNNPACK (PT2E) and ORT
-(QDQ) -> accuracy of every variant -> .pte / .onnx bundles -> bench on the `local` device agent ->
-SQLite results -> HTML report.
+digits -> teacher CNN -> MobileNetV2 student by distillation -> four recipes run on the student
+through apply_recipe (fp32 and int8 for XNNPACK .pte and ORT .onnx: compress, package, accuracy of
+the packaged artifact) -> measure on the `local` device agent -> SQLite results -> HTML report.
 """
 
 from __future__ import annotations
@@ -13,14 +13,19 @@ from pathlib import Path
 
 import torch
 
-from kit.compress import Distill, Int8Static, OrtInt8Static, TrainConfig, distill, quantize, quantize_onnx, train
+from kit.compress import Distill, TrainConfig, distill, train
 from kit.data import load_data
+from kit.devices.bench import BenchOptions
+from kit.devices.local import LocalDevice
 from kit.errors import EdgeKitError
 from kit.evaluate import accuracy, torch_predictor
-from kit.devices import BenchOptions, LocalDevice, bench
 from kit.models import TeacherCNN, mobilenet_student
-from kit.package import package, runner_for
+from kit.package.bundle import Bundle
+from kit.package.signing import ensure_keys
+from kit.pipeline.measure import measure
 from kit.progress import ProgressFn, report
+from kit.recipes import Recipe
+from kit.pipeline.build import apply_recipe
 from kit.results.report import write_report
 from kit.results.store import ResultsStore
 
@@ -71,17 +76,31 @@ def _check_out(out: Path) -> None:
         raise EdgeKitError(f"output folder {out}: not writable ({e.strerror}); choose another with --out") from e
 
 
+# The demo's artifacts, in bench order. Each is a recipe run on the distilled student.
+VARIANTS = ("student-fp32-pte", "student-int8-pte", "student-fp32-onnx", "student-int8-onnx")
+
+
 def _demo_recipe(variant: str, cfg: DemoConfig) -> dict:
-    """What the demo did to make `variant`, in recipe form: the report shows it beside each point."""
+    """What the demo did to make `variant`, in recipe form: the report shows it beside each point.
+    The first step (distillation) is shared by every variant, so the demo runs it once; the rest
+    of the recipe goes through apply_recipe."""
     runtime = "executorch" if variant.endswith("-pte") else "onnxruntime"
     steps = [{"method": "distill", "epochs": cfg.student_epochs, "width_mult": cfg.width_mult}]
     if "-int8-" in variant:
         steps.append({"method": "quantize" if runtime == "executorch" else "ort_quantize", "per_channel": True})
-    return {"name": f"demo-{variant}", "runtime": runtime, "format": variant.rsplit("-", 1)[1], "compress": steps}
+    return {"name": f"demo-{variant}", "device": "local", "runtime": runtime, "format": variant.rsplit("-", 1)[1],
+            "compress": steps}
+
+
+def _student(teacher, splits, cfg: DemoConfig, progress: ProgressFn):
+    student = mobilenet_student("mobilenet_v2", cfg.width_mult, splits.num_classes, in_channels=splits.train.x.shape[1],
+                                stem_stride=1)
+    return distill(teacher, student, splits.train, Distill(train=TrainConfig(epochs=cfg.student_epochs, seed=cfg.seed)),
+                   progress)
 
 
 def run_demo(cfg: DemoConfig | None = None, progress: ProgressFn = None, step=None) -> DemoResult:
-    """Run the whole pipeline; `step(label)` announces each stage, `progress` drives bars."""
+    """Run the whole job; `step(label)` announces each stage, `progress` drives bars."""
     cfg = cfg or DemoConfig()
     step = step or (lambda label: None)
     out = Path(cfg.out)
@@ -91,53 +110,36 @@ def run_demo(cfg: DemoConfig | None = None, progress: ProgressFn = None, step=No
 
     step("data")
     splits = load_data(cfg.data, cfg.image_size, cfg.seed)
-    channels = splits.train.x.shape[1]
-    example = splits.test.x[:1]
-
     step("teacher")
-    teacher = train(TeacherCNN(in_channels=channels, num_classes=splits.num_classes), splits.train,
+    teacher = train(TeacherCNN(in_channels=splits.train.x.shape[1], num_classes=splits.num_classes), splits.train,
                     TrainConfig(epochs=cfg.teacher_epochs, seed=cfg.seed), progress)
     step("student (distillation)")
-    student = mobilenet_student("mobilenet_v2", cfg.width_mult, splits.num_classes, in_channels=channels, stem_stride=1)
-    student = distill(teacher, student, splits.train, Distill(train=TrainConfig(epochs=cfg.student_epochs, seed=cfg.seed)), progress)
-
-    step("int8 quantization (XNNPACK PT2E)")
-    q_pte = quantize(student, Int8Static(per_channel=True), splits.calib)
-
-    step("packaging")
-    from kit.package.signing import ensure_keys
+    student = _student(teacher, splits, cfg, progress)
+    results = [VariantResult("teacher-fp32", accuracy(torch_predictor(teacher), splits.test)),
+               VariantResult("student-fp32", accuracy(torch_predictor(student), splits.test))]
 
     ensure_keys()  # the demo needs no setup: a signing key pair is made on first use (edgekit keys init)
-    bundles_dir = out / "bundles"
-    bundles = {
-        "student-fp32-pte": package(student, "executorch", bundles_dir / "student-fp32-pte", example, name="digits-student"),
-        "student-int8-pte": package(q_pte, "executorch", bundles_dir / "student-int8-pte", example, name="digits-student"),
-        "student-fp32-onnx": package(student, "onnx", bundles_dir / "student-fp32-onnx", example, name="digits-student"),
-    }
-    step("int8 quantization (ORT QDQ)")
-    q_onnx = quantize_onnx(bundles["student-fp32-onnx"].model_file, OrtInt8Static(per_channel=True), splits.calib,
-                           out / "student-int8.onnx")
-    bundles["student-int8-onnx"] = package(q_onnx, "onnx", bundles_dir / "student-int8-onnx", example, name="digits-student")
-    q_onnx.unlink()
-
-    step("accuracy")
-    acc = {"teacher-fp32": accuracy(torch_predictor(teacher), splits.test),
-           "student-fp32": accuracy(torch_predictor(student), splits.test)}
-    for i, (variant, b) in enumerate(bundles.items()):
-        acc[variant] = accuracy(runner_for(b.model_file), splits.test)
-        report(progress, "accuracy", i + 1, len(bundles))
+    built = {}
+    for variant in VARIANTS:
+        doc = _demo_recipe(variant, cfg)
+        step(f"recipe {doc['name']}")
+        recipe = Recipe.model_validate({**doc, "compress": doc["compress"][1:]})
+        built[variant] = apply_recipe(recipe, student, splits, out / "bundles" / variant, name="digits-student",
+                                      baseline_accuracy=results[1].accuracy, progress=progress)
 
     step("bench on device 'local'")
     store_path = out / "results.db"
-    results = [VariantResult("teacher-fp32", acc["teacher-fp32"]), VariantResult("student-fp32", acc["student-fp32"])]
     with ResultsStore(store_path) as store, LocalDevice() as device:
         run_id = store.start_run("demo", note=f"data={cfg.data} size={cfg.image_size}")
-        for i, (variant, b) in enumerate(bundles.items()):
-            m = bench(device, b, BenchOptions(runs=cfg.runs, threads=cfg.threads))
-            store.record(run_id, b, m, variant, acc[variant], recipe=_demo_recipe(variant, cfg), accuracy_n=len(splits.test.y))
-            results.append(VariantResult(variant, acc[variant], str(b.path), m.p50_ms, m.p99_ms,
-                                         b.manifest["model"]["size"], m.reference_passed))
-            report(progress, "bench", i + 1, len(bundles))
+        for i, (variant, applied) in enumerate(built.items()):
+            bundle = Bundle.load(applied.bundle_path)
+            m = measure(device, bundle, store, options=BenchOptions(runs=cfg.runs, threads=cfg.threads), run_id=run_id,
+                        variant=variant, accuracy=applied.accuracy, recipe=_demo_recipe(variant, cfg),
+                        accuracy_n=len(splits.test.y)).measurement
+            results.append(VariantResult(variant, applied.accuracy, str(bundle.path), m.p50_ms, m.p99_ms,
+                                         applied.size_bytes, m.reference_passed))
+            report(progress, "bench", i + 1, len(built))
+        store.finish_run(run_id)
         rows = store.measurements(run_id)
     step("report")
     report_path = write_report(rows, out, title="EdgeKit demo: digits, MobileNetV2 student")

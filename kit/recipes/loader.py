@@ -19,8 +19,8 @@ import yaml
 
 from kit.config import config_dir
 from kit.errors import EdgeKitError
+from kit.compress.registry import StepError
 from kit.recipes.schema import Recipe
-from kit.recipes.steps import check_step, methods
 
 Path_ = tuple  # a field path inside a recipe, e.g. ("compress", 0, "ratio")
 Origin = tuple[str, "int | None"]  # (file or "--set ...", line)
@@ -283,11 +283,9 @@ def load_recipe(path_or_name: str | Path, overrides: Iterable[str] = ()) -> Reci
     except pydantic.ValidationError as e:
         err = e.errors()[0]
         raise EdgeKitError(f"{_where(origins, tuple(err['loc']), path)}: {_explain(err)}") from None
-    registry = methods()
-    for i, step in enumerate(recipe.compress):
-        problem = check_step(step, i, recipe.runtime, recipe.format, registry, len(recipe.compress))
-        if problem is not None:
-            raise EdgeKitError(f"{_where(origins, problem.path, path)}: step {i + 1} ({_dotted(problem.path)}): {problem.message}")
+    except StepError as e:
+        here = ("compress", e.index, *e.loc)
+        raise EdgeKitError(f"{_where(origins, here, path)}: step {e.index + 1} ({_dotted(here)}): {e.detail}") from None
     return recipe
 
 

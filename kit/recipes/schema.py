@@ -1,18 +1,23 @@
 """The recipe schema: what one YAML file in recipes/ may say, checked by pydantic.
 
 A recipe names the kind of device it is for, the runtime and file format, the input shape, the
-thread count, the compression chain (each step checked against kit.compress.chain.METHODS by the
-loader), the budgets and the bench settings. Unknown keys are refused so a typo never silently
-falls back to a default.
+thread count, the compression chain, the budgets and the bench settings. Unknown keys are refused
+so a typo never silently falls back to a default.
+
+`compress` keeps the steps as written ({"method": NAME, **params}); they are parsed once, here,
+through the discriminated union of kit.compress.registry, and the config objects are
+`recipe.steps`. A bad step raises kit.compress.registry.StepError (the loader adds file:line).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-RUNTIMES = ("executorch", "onnxruntime")
+from kit.compress.base import RUNTIMES, Pass
+from kit.compress.registry import parse_chain
+
 FORMATS_BY_RUNTIME = {"executorch": ("pte",), "onnxruntime": ("onnx", "ort")}
 # Device kinds the shipped recipes target; a user may name others (the inventory's `kind`).
 KNOWN_DEVICES = ("raspberry-pi-4", "raspberry-pi-5", "jetson-orin-nano", "android-arm64", "x86-64")
@@ -55,6 +60,7 @@ class Recipe(_Strict):
     # one epoch. Applied only when asked for (load_recipe(..., overrides=recipe.smoke)).
     smoke: list[str] = Field(default_factory=list)
     source: str | None = Field(None, description="The file this recipe was loaded from (set by the loader).")
+    _steps: list[Pass] = PrivateAttr(default_factory=list)
 
     @field_validator("format")
     @classmethod
@@ -69,7 +75,13 @@ class Recipe(_Strict):
     def _default_format(self):
         if self.format is None:
             self.format = FORMATS_BY_RUNTIME[self.runtime][0]
+        self._steps = parse_chain(self.compress, self.runtime, self.format)
         return self
+
+    @property
+    def steps(self) -> list[Pass]:
+        """The compression chain as config objects (kit.compress.<method>), validated at load."""
+        return list(self._steps)
 
     @property
     def target(self) -> str:

@@ -9,22 +9,20 @@ numbered point in the plots to its artifact, device and recipe.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kit.results.compare import latency_verdict, variant_label
+from kit.results.plots import device_colors, energy_bars, latency_bars, latency_front, pareto_plot, png_base64
 from kit.results.store import decode
+from kit.results.twins import Point, Speedup, compression_state, speedups, twin_speedups
 
-_UNCOMPRESSED = {"fp32", "float", "float32", "baseline", "uncompressed", "dense", "original"}
-_COMPRESSED = {"int8", "int4", "uint8", "q8", "q4", "quant", "quantized", "qdq", "qat", "pruned", "prune", "sparse",
-               "lowrank", "low-rank", "cluster", "clustered", "fp16", "bf16", "distilled", "compressed"}
-_NEW_MODEL_STEPS = {"distill", "train"}
+__all__ = ["render", "write_report", "write_store_report", "collect_warnings", "Warnings", "NOISY_CV",
+           # kit.results.twins, re-exported for callers of the report's earlier home
+           "Point", "Speedup", "compression_state", "speedups", "twin_speedups"]
+
 NOISY_CV = 0.2  # coefficient of variation above which a latency figure is flagged as noisy
 
 
@@ -34,129 +32,6 @@ def _esc(v) -> str:
 
 def _fmt(v, spec=".3f", none="—") -> str:
     return none if v is None else format(v, spec)
-
-
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _figure(width: float, height: float):
-    # matplotlib.figure.Figure directly: no pyplot state machine, nothing to close.
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height))
-
-
-def _colors(devices: list[str]) -> dict[str, str]:
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
-    return {d: palette[i % len(palette)] for i, d in enumerate(devices)}
-
-
-# --- the data behind the page ------------------------------------------------------------
-@dataclass
-class Point:
-    """One measurement, numbered: plots label points '#n', the table explains each number."""
-    n: int
-    row: dict
-
-    def __getattr__(self, key):
-        try:
-            return self.row[key]
-        except KeyError:
-            raise AttributeError(key) from None
-
-    @property
-    def label(self) -> str:
-        return variant_label(self.row)
-
-    @property
-    def accuracy_value(self):
-        return self.row.get("accuracy") if self.row.get("accuracy") is not None else self.row.get("artifact_accuracy")
-
-    @property
-    def recipe_text(self) -> str:
-        recipe = self.row.get("recipe")
-        if not isinstance(recipe, dict):
-            return ""
-        steps = " → ".join(_step_text(s) for s in recipe.get("compress") or []) or "no compression"
-        return f'{recipe.get("name") or "recipe"}: {steps}'
-
-
-def _step_text(step: dict) -> str:
-    params = ", ".join(f"{k}={v}" for k, v in step.items() if k != "method")
-    return f'{step.get("method", "?")}({params})'
-
-
-def compression_state(row: dict) -> bool | None:
-    """True: compressed, False: uncompressed, None: cannot tell. Recipe first, then the variant name."""
-    recipe = row.get("recipe")
-    if isinstance(recipe, dict) and "compress" in recipe:
-        # Distillation makes a new model (its own name), not a compressed twin of the same model.
-        return any(step.get("method") not in _NEW_MODEL_STEPS for step in recipe["compress"] or [])
-    tokens = set(re.split(r"[-_.\s/]+", (row.get("variant") or "").lower()))
-    if tokens & _COMPRESSED:
-        return True
-    if tokens & _UNCOMPRESSED:
-        return False
-    return None
-
-
-@dataclass
-class Speedup:
-    compressed: Point
-    twin: Point
-    speedup: float  # twin p50 / compressed p50: above 1 means the compressed artifact is faster
-    verdict: str  # latency_verdict from twin to compressed: "faster" means compressed is faster
-
-    @property
-    def honest_line(self) -> str:
-        c, t = self.compressed, self.twin
-        why = {"slower": "slower beyond noise", "within noise": "no faster beyond noise",
-               "too few samples": "too few samples to tell"}.get(self.verdict, self.verdict)
-        return f"{c.label} is {self.speedup:.2f}x {t.label} on {c.device} ({why}; p50 {c.p50_ms:.3f} ms vs {t.p50_ms:.3f} ms)"
-
-
-def speedups(points: list[Point], confidence: float = 0.99) -> list[Speedup]:
-    """Pair each compressed artifact with its uncompressed twin: same model name, runtime, device, threads."""
-    groups: dict[tuple, list[Point]] = {}
-    for p in points:
-        groups.setdefault((p.model_name, p.runtime, p.device, p.threads), []).append(p)
-    out = []
-    for members in groups.values():
-        twins = [p for p in members if compression_state(p.row) is False]
-        if not twins:
-            continue
-        twin = max(twins, key=lambda p: p.row["id"])
-        for p in members:
-            if compression_state(p.row) is True and p.p50_ms and twin.p50_ms:
-                v = latency_verdict(twin.row.get("samples") or [], p.row.get("samples") or [], confidence=confidence)
-                out.append(Speedup(p, twin, twin.p50_ms / p.p50_ms, v.verdict))
-    return out
-
-
-def twin_speedups(store, measurement_id: int, confidence: float = 0.99) -> list[Speedup]:
-    """The twin comparisons one new measurement takes part in: the benched artifact against its
-    uncompressed twin, or (when it is the uncompressed one) every compressed artifact of the same
-    model, runtime, device and thread count, each by its newest measurement."""
-    new = store.measurement(measurement_id)
-    if new is None:
-        return []
-    # speedups() does the pairing (same model name, runtime, device, threads); keep the new row's pairs.
-    points = [Point(i + 1, decode(r)) for i, r in enumerate(store.latest_measurements(device=new["device"]))]
-    return [s for s in speedups(points, confidence) if measurement_id in (s.compressed.row["id"], s.twin.row["id"])]
-
-
-def _pareto(points: list[Point], value, better_high: bool) -> list[Point]:
-    """Points no other point beats on both latency (lower) and `value` (higher or lower)."""
-    front, best = [], None
-    for p in sorted((p for p in points if value(p) is not None and p.p50_ms is not None), key=lambda p: (p.p50_ms, -(value(p)) if better_high else value(p))):
-        v = value(p)
-        if best is None or (v > best if better_high else v < best):
-            front.append(p)
-            best = v
-    return front
 
 
 @dataclass
@@ -199,73 +74,6 @@ def _temperature_rise(thermal: dict) -> float | None:
         return None
 
 
-# --- plots -------------------------------------------------------------------------------
-def latency_bars(points: list[Point], devices: dict[str, bool], colors: dict[str, str]):
-    """One panel per device: p50 bar, p90 tick, whisker to p99; emulated devices hatched and titled."""
-    names = list(devices)
-    counts = [sum(p.device == d for p in points) for d in names]
-    fig = _figure(7.5, sum(0.9 + 0.38 * c for c in counts) + 0.3)
-    axes = fig.subplots(len(names), 1, squeeze=False, gridspec_kw={"height_ratios": [0.9 + 0.38 * c for c in counts]})[:, 0]
-    for ax, dev in zip(axes, names):
-        pts = [p for p in points if p.device == dev]
-        ys = list(range(len(pts)))
-        p50 = [p.p50_ms for p in pts]
-        ax.barh(ys, p50, color=colors[dev], alpha=0.75, hatch="//" if devices[dev] else None, edgecolor="black", linewidth=0.5)
-        ax.errorbar(p50, ys, xerr=[[0] * len(pts), [max(0.0, (p.p99_ms or v) - v) for p, v in zip(pts, p50)]],
-                    fmt="none", ecolor="black", capsize=4, linewidth=1)
-        ax.scatter([p.p90_ms for p in pts], ys, marker="|", color="black", s=120, zorder=3)
-        ax.set_yticks(ys, [f"#{p.n} {p.label} ({p.threads}t)" for p in pts], fontsize=8)
-        ax.invert_yaxis()
-        ax.set_title(f"{dev}{'  (EMULATED: not real-device latency)' if devices[dev] else ''}", fontsize=10,
-                     color="#b00" if devices[dev] else "black", loc="left")
-        ax.grid(axis="x", alpha=0.3)
-        ax.set_xlim(left=0)
-    axes[-1].set_xlabel("latency (ms): bar = p50, tick = p90, whisker to p99")
-    fig.tight_layout()
-    return fig
-
-
-def pareto_plot(points: list[Point], devices: dict[str, bool], colors: dict[str, str], value, ylabel: str, title: str,
-                better_high: bool):
-    fig = _figure(7.0, 4.4)
-    ax = fig.subplots()
-    for dev, emulated in devices.items():
-        pts = [p for p in points if p.device == dev and value(p) is not None and p.p50_ms is not None]
-        if not pts:
-            continue
-        c = colors[dev]
-        ax.errorbar([p.p50_ms for p in pts], [value(p) for p in pts],
-                    xerr=[[0] * len(pts), [max(0.0, (p.p99_ms or p.p50_ms) - p.p50_ms) for p in pts]],
-                    fmt="o", color=c, mfc="white" if emulated else c, capsize=3, label=dev + (" (emulated)" if emulated else ""))
-        front = _pareto(pts, value, better_high)
-        if len(front) > 1:
-            ax.step([p.p50_ms for p in front], [value(p) for p in front], where="post", color=c, alpha=0.6, linestyle="--")
-        for k, p in enumerate(sorted(pts, key=lambda p: p.p50_ms)):  # staggered around the point: neighbours stay readable
-            ax.annotate(f"#{p.n}", (p.p50_ms, value(p)), textcoords="offset points", xytext=((4, 4), (4, -11), (-18, 4))[k % 3],
-                        fontsize=8)
-    ax.set_xlabel("latency p50 (ms), whisker to p99")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def energy_bars(points: list[Point], colors: dict[str, str]):
-    pts = [p for p in points if p.row.get("energy_mj") is not None]
-    fig = _figure(7.0, 0.8 + 0.38 * len(pts))
-    ax = fig.subplots()
-    ys = list(range(len(pts)))
-    ax.barh(ys, [p.energy_mj for p in pts], color=[colors[p.device] for p in pts], alpha=0.8)
-    ax.set_yticks(ys, [f"#{p.n} {p.label} on {p.device}" for p in pts], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("energy per inference (mJ)")
-    ax.grid(axis="x", alpha=0.3)
-    fig.tight_layout()
-    return fig
-
-
 # --- the page ----------------------------------------------------------------------------
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px}
@@ -282,7 +90,7 @@ def _table(table_id: str, head: list[str], rows: list[list[str]], numeric: set[i
 
 
 def _img(img_id: str, alt: str, fig) -> str:
-    return f'<img id="{img_id}" alt="{_esc(alt)}" src="data:image/png;base64,{_png(fig)}">'
+    return f'<img id="{img_id}" alt="{_esc(alt)}" src="data:image/png;base64,{png_base64(fig)}">'
 
 
 def _device_cell(name: str, devices: dict[str, bool]) -> str:
@@ -314,13 +122,13 @@ def render(rows: list[dict], title: str = "EdgeKit report", *, confidence: float
     devices: dict[str, bool] = {}
     for p in points:
         devices[p.device] = devices.get(p.device, False) or bool(p.row.get("emulated") or (p.row.get("device_info") or {}).get("emulated"))
-    colors = _colors(list(devices))
+    colors = device_colors(list(devices))
     ups = speedups(points, confidence)
     warns = collect_warnings(points, devices, ups)
     acc = lambda p: None if p.accuracy_value is None else 100 * p.accuracy_value  # noqa: E731
     size = lambda p: None if p.size_bytes is None else p.size_bytes / 1024  # noqa: E731
-    acc_front = {p.n for d in devices for p in _pareto([q for q in points if q.device == d], acc, True)}
-    size_front = {p.n for d in devices for p in _pareto([q for q in points if q.device == d], size, False)}
+    acc_front = {p.n for d in devices for p in latency_front([q for q in points if q.device == d], acc, True)}
+    size_front = {p.n for d in devices for p in latency_front([q for q in points if q.device == d], size, False)}
 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>{_esc(title)}</h1>",

@@ -1,14 +1,14 @@
 """Recipe search: try candidate recipes on a device, keep the Pareto front, pick the best in budget.
 
-For each candidate recipe: compress + package (kit.recipes.apply), accuracy on the host, latency
-(and energy, when the device has sensors) measured on the device with kit.devices.bench. Every
+For each candidate recipe: compress + package (apply_recipe), accuracy on the host, latency (and
+energy, when the device has sensors) measured on the device with kit.pipeline.measure. Every
 measurement goes into the results store; a later search finds it again by the artifact's sha256,
-the device and the thread count, and does not measure that artifact again.
+the device and the thread count (measure's `reuse`), and does not measure that artifact again.
+The front is kit.results.pareto's.
 """
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,11 +18,13 @@ from typing import Callable
 from kit.data import Splits, load_data
 from kit.errors import EdgeKitError
 from kit.evaluate import accuracy, torch_predictor
-from kit.devices.bench import BenchOptions, bench
+from kit.devices.bench import BenchOptions
 from kit.package.bundle import Bundle
+from kit.pipeline.measure import measure
 from kit.progress import ProgressFn, report
 from kit.recipes import Recipe, available_recipes, load_recipe
-from kit.recipes.apply import apply_recipe
+from kit.pipeline.build import apply_recipe
+from kit.results.pareto import front_of
 from kit.results.store import ResultsStore
 
 # (field, direction): the objectives of the front. Energy joins only when every candidate has it.
@@ -112,47 +114,6 @@ def candidates_for(kind: str | None, overrides: list[str] = (), quick: bool = Fa
     return recipes
 
 
-def find_measurement(store: ResultsStore, sha256: str, device: str, threads: int) -> dict | None:
-    """The latest stored measurement of this exact artifact on this device with these threads."""
-    if hasattr(store, "find_measurement"):
-        return store.find_measurement(sha256, device, threads)
-    row = store.db.execute(
-        "SELECT m.*, a.sha256, a.size_bytes, d.name AS device FROM measurements m JOIN artifacts a ON a.id = m.artifact_id "
-        "JOIN devices d ON d.id = m.device_id WHERE a.sha256 = ? AND d.name = ? AND m.threads = ? ORDER BY m.id DESC LIMIT 1",
-        (sha256, device, threads)).fetchone()
-    return dict(row) if row else None
-
-
-def _energy(power) -> float | None:
-    if isinstance(power, str):
-        try:
-            power = json.loads(power)
-        except json.JSONDecodeError:
-            return None
-    if isinstance(power, dict) and power.get("available"):
-        value = power.get("energy_mj_per_inference")
-        return float(value) if value is not None else None
-    return None
-
-
-def pareto_front(points: list[dict], objectives: list[tuple[str, str]]) -> list[bool]:
-    """True for each point no other point dominates (at least as good on every objective and better
-    on one). Written out because it is a dozen lines over a handful of candidates."""
-    def better_or_equal(a, b, key, direction):
-        return a[key] <= b[key] if direction == "min" else a[key] >= b[key]
-
-    def strictly_better(a, b, key, direction):
-        return a[key] < b[key] if direction == "min" else a[key] > b[key]
-
-    flags = []
-    for p in points:
-        dominated = any(
-            all(better_or_equal(q, p, k, d) for k, d in objectives) and any(strictly_better(q, p, k, d) for k, d in objectives)
-            for q in points if q is not p)
-        flags.append(not dominated)
-    return flags
-
-
 def _judge(c: Candidate, recipe: Recipe, budget: float | None) -> None:
     reasons = []
     if c.error:
@@ -217,21 +178,15 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
             c.built_from_cache = applied.from_cache
             c.accuracy, c.top1_drop, c.size_bytes = applied.accuracy, applied.top1_drop, applied.size_bytes
             c.model_sha256, c.bundle_path = applied.model_sha256, applied.bundle_path
-            known = find_measurement(store, applied.model_sha256, device.name, recipe.threads)
-            if known is not None:
-                c.reused, c.measurement_id = True, known["id"]
-                c.p50_ms, c.p99_ms = known["p50_ms"], known["p99_ms"]
-                c.reference_passed = bool(known["reference_passed"])
-                c.energy_mj = known.get("energy_mj") if known.get("energy_mj") is not None else _energy(known.get("power_json"))
+            out = measure(device, Bundle.load(applied.bundle_path), store, run_id=result.run_id, reuse=True,
+                          options=BenchOptions(runs=recipe.bench.runs, warmup=recipe.bench.warmup, threads=recipe.threads,
+                                               power=True),
+                          variant=f"recipe:{recipe.name}", accuracy=applied.accuracy, recipe=recipe, progress=progress)
+            c.reused, c.measurement_id = out.reused, out.measurement_id
+            c.p50_ms, c.p99_ms, c.reference_passed, c.energy_mj = out.p50_ms, out.p99_ms, out.reference_passed, out.energy_mj
+            if out.reused:
                 result.reused += 1
             else:
-                bundle = Bundle.load(applied.bundle_path)
-                m = bench(device, bundle, BenchOptions(runs=recipe.bench.runs, warmup=recipe.bench.warmup,
-                                                       threads=recipe.threads, power=True))
-                c.measurement_id = store.record(result.run_id, bundle, m, f"recipe:{recipe.name}", applied.accuracy,
-                                                recipe=recipe)
-                c.p50_ms, c.p99_ms, c.reference_passed = m.p50_ms, m.p99_ms, m.reference_passed
-                c.energy_mj = _energy(m.power)
                 result.measured += 1
         except EdgeKitError as e:
             # One recipe the model cannot take (an op the exporter refuses, ...) must not end the search.
@@ -247,8 +202,8 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
     if done and all(c.energy_mj is not None for c in done):
         objectives.append(("energy_mj", "min"))
     result.objectives = [k for k, _ in objectives]
-    for c, on_front in zip(done, pareto_front([asdict(c) for c in done], objectives)):
-        c.on_front = on_front
+    for c in front_of(done, objectives):
+        c.on_front = True
     feasible = [c for c in done if c.within_budget]
     if feasible:
         # The front holds every trade-off; within the budget the fastest wins (then the smaller, then the more accurate).

@@ -22,18 +22,20 @@ from typing import Callable
 
 import torch
 
-from kit.compress.distill import Distill, TrainConfig, distill
+from kit.compress.distill import Distill, TrainConfig, distill, train
 from kit.data import Splits, load_data
 from kit.errors import EdgeKitError
 from kit.evaluate import accuracy, count_macs, count_params, torch_predictor
-from kit.devices.bench import BenchOptions, bench
+from kit.devices.bench import BenchOptions
 from kit.models import mobilenet_student
 from kit.package import package
+from kit.pipeline.measure import measure
 from kit.progress import ProgressFn, report
+from kit.results.pareto import front_of
 from kit.results.store import ResultsStore
-from kit.search.recipes import find_measurement, pareto_front
 
 STRATEGIES = ("grid", "evolution")
+_OBJECTIVES = (("p50_ms", "min"), ("accuracy", "max"))
 
 
 @dataclass
@@ -135,6 +137,19 @@ def _mutate(key, space: StudentSpace, rng: random.Random):
     return tuple(new)
 
 
+def prepare_teacher(spec: str, weights: str | Path | None = None, *, data: str = "digits", epochs: int = 0,
+                    progress: ProgressFn = None, step: Callable[[str], None] | None = None) -> torch.nn.Module:
+    """The teacher for a student search: the model `spec` (kit.models.load_model; 'teacher' is the
+    demo CNN), first trained `epochs` epochs on `data` when asked (a fresh demo CNN knows nothing)."""
+    from kit.models import load_model
+
+    net = load_model(spec, weights)
+    if epochs:
+        (step or (lambda label: None))(f"training the teacher ({epochs} epochs)")
+        net = train(net, load_data(data).train, TrainConfig(epochs=epochs), progress)
+    return net
+
+
 def student_search(teacher: torch.nn.Module, data: str | Splits, device, *, store: ResultsStore,
                    space: StudentSpace | None = None, strategy: str = "grid", time_budget_s: float = 600.0,
                    max_candidates: int | None = None, latency_budget_ms: float | None = None, distill_epochs: int = 2,
@@ -179,14 +194,12 @@ def student_search(teacher: torch.nn.Module, data: str | Splits, device, *, stor
         step(f"{name}: latency on {device.name}")
         bundle = _student_bundle(student, key, splits, work / name, name, seed)
         c.size_bytes = int(bundle.manifest["model"]["size"])
-        known = find_measurement(store, bundle.manifest["model"]["sha256"], device.name, threads)
-        if known is not None:
-            c.p50_ms, c.reused_latency = known["p50_ms"], True
+        out = measure(device, bundle, store, options=BenchOptions(runs=runs, warmup=3, threads=threads), run_id=run_id,
+                      variant=f"student-search:{name}", reuse=True, progress=progress)
+        c.p50_ms, c.reused_latency = out.p50_ms, out.reused
+        if out.reused:
             result.reused += 1
         else:
-            m = bench(device, bundle, BenchOptions(runs=runs, warmup=3, threads=threads))
-            store.record(run_id, bundle, m, f"student-search:{name}")
-            c.p50_ms = m.p50_ms
             result.measured += 1
         if latency_budget_ms is not None and c.p50_ms > latency_budget_ms:
             c.skipped = f"p50 {c.p50_ms:.3f} ms > budget {latency_budget_ms:g} ms"
@@ -221,10 +234,7 @@ def student_search(teacher: torch.nn.Module, data: str | Splits, device, *, stor
             seen[key] = evaluate(key)
             report(progress, "student search", len(seen), limit)
             if strategy == "evolution" and not queue:
-                trained = [c for c in seen.values() if c.trained]
-                flags = pareto_front([{"p50_ms": c.p50_ms, "accuracy": c.accuracy} for c in trained],
-                                     [("p50_ms", "min"), ("accuracy", "max")]) if trained else []
-                parents = [c.key for c, f in zip(trained, flags) if f] or list(seen)
+                parents = [c.key for c in front_of([c for c in seen.values() if c.trained], _OBJECTIVES)] or list(seen)
                 children = {_mutate(p, space, rng) for p in parents for _ in range(2)}
                 queue = [k for k in children if k not in seen]
                 if not queue:  # the front's neighbourhood is exhausted: jump somewhere unseen
@@ -236,8 +246,8 @@ def student_search(teacher: torch.nn.Module, data: str | Splits, device, *, stor
 
     result.candidates = list(seen.values())
     trained = [c for c in result.candidates if c.trained and c.accuracy is not None]
-    for c, f in zip(trained, pareto_front([asdict(c) for c in trained], [("p50_ms", "min"), ("accuracy", "max")])):
-        c.on_front = f
+    for c in front_of(trained, _OBJECTIVES):
+        c.on_front = True
     if trained:
         best = max(trained, key=lambda c: (c.accuracy, -c.p50_ms))
         best.chosen = True

@@ -1,5 +1,7 @@
-"""SSH devices: connection (connect, deadlines, exec) and files (SFTP, atomic upload, forced push)."""
+"""SSH devices: connection.py (connect, deadlines, exec, the agent call) and files.py (SFTP, atomic
+upload, agent set-up, bundles) make up SshDevice; target.py resolves ~/.ssh/config."""
 
-from kit.devices.ssh.transport import Deadlines, SshDevice
+from kit.devices.ssh.connection import Deadlines
+from kit.devices.ssh.files import SshDevice
 
 __all__ = ["Deadlines", "SshDevice"]

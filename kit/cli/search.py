@@ -1,0 +1,152 @@
+"""`edgekit search` (recipes on a device) and `edgekit student-search` (MobileNet students for a
+device): parse, call kit.search, render the front."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from kit.cli._ui import console, progress_bars, stdout
+from kit.errors import EdgeKitError
+
+
+def _fmt(value, spec: str = ".3f", scale: float = 1.0) -> str:
+    return "" if value is None else format(value * scale, spec)
+
+
+def _model_name(spec: str) -> str:
+    """A bundle name for a model spec: a checkpoint's file stem, else the spec made path-safe."""
+    return Path(spec).stem if Path(spec).is_file() else spec.replace(":", "-").replace("/", "-")
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EdgeKitError(f"--{what} {text!r}: give numbers separated by commas, e.g. 0.25,0.5") from None
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(json.dumps(doc, indent=2))
+    tmp.replace(path)
+
+
+def _search_table(result, budget_top1_drop: float) -> Table:
+    base = "" if result.baseline_accuracy is None else f", original top-1 {100 * result.baseline_accuracy:.2f}%"
+    table = Table(title=f"Recipe search on '{result.device}': {len(result.candidates)} candidates, "
+                        f"{result.measured} measured, {result.reused} reused{base}")
+    for col in ("recipe", "runtime", "top-1", "drop pt", "size KiB", "p50 ms", "p99 ms", "energy mJ", "front", "note"):
+        table.add_column(col, justify="left" if col in ("recipe", "runtime", "note") else "right")
+    for c in sorted(result.candidates, key=lambda c: (not c.on_front, c.p50_ms or 1e9)):
+        mark = "[bold green]chosen" if c.chosen else ("yes" if c.on_front else "")
+        note = c.error or c.why_not or ("reused" if c.reused else "")
+        table.add_row(c.recipe, f"{c.runtime}/{c.format}", _fmt(c.accuracy, ".2%"), _fmt(c.top1_drop, ".2f"),
+                      _fmt(c.size_bytes, ".0f", 1 / 1024), _fmt(c.p50_ms), _fmt(c.p99_ms), _fmt(c.energy_mj, ".2f"),
+                      mark, note)
+    return table
+
+
+def _student_table(result) -> Table:
+    table = Table(title=f"Student search on '{result.device}' ({result.strategy}): {len(result.candidates)} of "
+                        f"{result.space_size} tried, {result.measured} measured, {result.reused} reused, "
+                        f"{result.trained} distilled, {result.seconds:.0f} s")
+    for col in ("width", "depth", "res", "params", "MMACs", "p50 ms", "top-1", "front", "note"):
+        table.add_column(col, justify="right" if col != "note" else "left")
+    for c in sorted(result.candidates, key=lambda c: c.p50_ms or 0):
+        table.add_row(f"{c.width:g}", f"{c.depth:g}", str(c.resolution), str(c.params), f"{c.macs / 1e6:.1f}",
+                      _fmt(c.p50_ms), _fmt(c.accuracy, ".2%"), "[bold green]chosen" if c.chosen else ("yes" if c.on_front else ""),
+                      c.skipped or ("latency reused" if c.reused_latency else ""))
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("search")
+    def search_cmd(
+        model: str = typer.Argument(..., help="Model: torchvision:NAME, module:callable or a checkpoint file."),
+        device: str = typer.Option("local", "--device", "-d", help="Device name from the inventory, or 'local'."),
+        data: str = typer.Option("digits", "--data", help="'digits', an .npz file or an image folder."),
+        budget_top1_drop: float = typer.Option(1.0, "--budget-top1-drop", min=0.0, help="Max top-1 drop (points)."),
+        recipe: List[str] = typer.Option([], "--recipe", "-r", help="Candidate recipe (repeat); default: all for the device's kind."),
+        set_: List[str] = typer.Option([], "--set", help="Override a field in every candidate: key=value."),
+        quick: bool = typer.Option(False, "--quick", help="Use each recipe's smoke overrides (small inputs, short training)."),
+        out: Path = typer.Option(Path("edgekit-search"), "--out", "-o", help="Folder for bundles, front.json and front.png."),
+        results: Optional[Path] = typer.Option(None, "--results", help="Results store (default: $EDGEKIT_RESULTS or config)."),
+        inventory: Optional[Path] = typer.Option(None, "--inventory", help="Device inventory file."),
+        weights: Optional[Path] = typer.Option(None, "--weights", help="A state_dict for MODEL."),
+        teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher for distillation steps (default: MODEL)."),
+    ):
+        """Try candidate recipes on a device, print the Pareto front and the recipe chosen within budget."""
+        from kit.config import results_path
+        from kit.models import load_model
+        from kit.pipeline.measure import open_device
+        from kit.results.store import ResultsStore
+        from kit.search.recipes import candidates_for, device_kind, load_candidate, plot_front, search
+
+        net = load_model(model, weights)
+        teacher_net = load_model(teacher, None) if teacher else None
+        with open_device(device, inventory) as dev, ResultsStore(results or results_path()) as store:
+            candidates = ([load_candidate(r, set_, quick) for r in recipe] if recipe
+                          else candidates_for(device_kind(dev), set_, quick))
+            with progress_bars() as (progress, step):
+                result = search(net, data, dev, candidates, store=store, out_dir=out / "bundles",
+                                budget_top1_drop=budget_top1_drop, teacher=teacher_net, model_name=_model_name(model),
+                                progress=progress, step=step)
+        out.mkdir(parents=True, exist_ok=True)
+        plot = plot_front(result, out / "front.png")
+        _write_json(out / "front.json", result.to_dict())
+        stdout.print(_search_table(result, budget_top1_drop))
+        if result.chosen:
+            stdout.print(f"chosen: [bold]{result.chosen}[/bold] (fastest within -{budget_top1_drop:g} pt top-1)")
+        else:
+            stdout.print(f"[red]no candidate is within the budget of -{budget_top1_drop:g} pt top-1[/red]")
+        stdout.print(f"plot:   {plot}")
+        stdout.print(f"front:  {out / 'front.json'}")
+
+    @app.command("student-search")
+    def student_search_cmd(
+        teacher: str = typer.Argument("teacher", help="Teacher model spec ('teacher' = the demo CNN, trained first)."),
+        device: str = typer.Option("local", "--device", "-d"),
+        data: str = typer.Option("digits", "--data"),
+        widths: str = typer.Option("0.25,0.5,0.75", help="Width multipliers, comma-separated."),
+        depths: str = typer.Option("0.5,1.0", help="Depth multipliers, comma-separated."),
+        resolutions: str = typer.Option("16,24,32", help="Input resolutions, comma-separated."),
+        strategy: str = typer.Option("grid", help="grid or evolution."),
+        time_budget: float = typer.Option(600.0, "--time-budget", min=1.0, help="Seconds to spend searching."),
+        max_candidates: Optional[int] = typer.Option(None, "--max-candidates", min=1),
+        latency_budget_ms: Optional[float] = typer.Option(None, "--latency-budget-ms", min=0.0,
+                                                          help="Skip training students slower than this on the device."),
+        epochs: int = typer.Option(2, "--epochs", min=1, help="Distillation epochs per candidate."),
+        max_samples: Optional[int] = typer.Option(None, "--max-samples", min=2, help="Distil on the first N training samples."),
+        train_teacher: int = typer.Option(3, "--train-teacher", min=0, help="Epochs to train the teacher first (0: as loaded)."),
+        weights: Optional[Path] = typer.Option(None, "--weights"),
+        results: Optional[Path] = typer.Option(None, "--results"),
+        inventory: Optional[Path] = typer.Option(None, "--inventory"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the result as JSON here."),
+    ):
+        """Search MobileNet student width/depth/resolution for a device (latency measured there)."""
+        from kit.config import results_path
+        from kit.pipeline.measure import open_device
+        from kit.results.store import ResultsStore
+        from kit.search.students import StudentSpace, prepare_teacher, student_search
+
+        space = StudentSpace(widths=_floats(widths, "widths"), depths=_floats(depths, "depths"),
+                             resolutions=[int(v) for v in _floats(resolutions, "resolutions")])
+        with progress_bars() as (progress, step):
+            net = prepare_teacher(teacher, weights, data=data, epochs=train_teacher, progress=progress, step=step)
+            with open_device(device, inventory) as dev, ResultsStore(results or results_path()) as store:
+                result = student_search(net, data, dev, store=store, space=space, strategy=strategy,
+                                        time_budget_s=time_budget, max_candidates=max_candidates,
+                                        latency_budget_ms=latency_budget_ms, distill_epochs=epochs,
+                                        distill_max_samples=max_samples, progress=progress, step=step)
+        stdout.print(_student_table(result))
+        if result.stopped_by_time:
+            console.print(f"[yellow]stopped by the time budget ({time_budget:g} s)")
+        if out:
+            _write_json(out, result.to_dict())
+            stdout.print(f"result: {out}")
