@@ -5,7 +5,8 @@ Each command runs as its own process through the installed `edgekit` script, out
 (so tables render as when piped), with a temporary config folder holding one device and a results
 store holding one run. Rounds alternate the commands so drift on a shared machine hits all alike;
 one untimed warm-up round first (page cache). Per command: median wall time, its ratio to the
-baseline's median, and the median peak RSS (from wait4's rusage of that process alone).
+baseline's median, and the median peak RSS (wait4's rusage of that process, started from a
+small launcher so the RSS Linux carries over from the forking process does not count).
 
     python benchmarks/startup.py [--rounds 7] [--record]
 
@@ -21,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -51,17 +51,25 @@ def _user_env(folder: Path) -> dict:
     return env
 
 
+# Runs one command and reports its wall time and peak RSS. Peak RSS has to come from a small parent:
+# Linux folds the RSS high-water mark of the process that forks into the child's (through exec), so
+# measured from this script (numpy loaded) every command would show at least this script's ~33 MiB.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+_, status, usage = os.wait4(p.pid, 0)
+print(json.dumps([time.perf_counter() - t0, usage.ru_maxrss, os.waitstatus_to_exitcode(status)]))
+"""
+
+
 def _run_once(argv: list[str], env: dict) -> tuple[float, int]:
     """Wall seconds and peak RSS (KiB) of one process."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        sys.exit(f"startup.py: {' '.join(argv)} exited {proc.returncode}")
-    return wall, usage.ru_maxrss  # KiB on Linux
+    out = subprocess.run([sys.executable, "-c", _LAUNCHER, *argv], env=env, capture_output=True, text=True, check=True)
+    wall, rss_kib, rc = json.loads(out.stdout)
+    if rc != 0:
+        sys.exit(f"startup.py: {' '.join(argv)} exited {rc}")
+    return wall, rss_kib
 
 
 def measure(rounds: int) -> dict:

@@ -191,11 +191,8 @@ def register(app: typer.Typer) -> None:
         if not all(r["ok"] for r in rows):
             raise typer.Exit(1)
 
-    # `edgekit devices import-ansible`: the transport area owns the `devices` sub-app; add to it
-    # when it is registered (kit/cli/devices.py sorts before this module), else stand alone.
-    for registered in app.registered_groups:
-        if registered.name == "devices" and registered.typer_instance is not None:
-            registered.typer_instance.command("import-ansible")(_import_ansible_command)
-            break
-    else:
-        app.command("import-ansible")(_import_ansible_command)
+    # `edgekit devices import-ansible`: kit/cli/devices.py describes the `devices` group; kit.cli
+    # merges this declaration into it by name, whichever module registers first.
+    devices = typer.Typer()
+    app.add_typer(devices, name="devices")
+    devices.command("import-ansible")(_import_ansible_command)

@@ -22,10 +22,10 @@ from kit.evaluate import accuracy, torch_predictor
 from kit.models import TeacherCNN, mobilenet_student
 from kit.package.bundle import Bundle
 from kit.package.signing import ensure_keys
+from kit.pipeline.build import apply_recipe
 from kit.pipeline.measure import measure
 from kit.progress import ProgressFn, report
 from kit.recipes import Recipe
-from kit.pipeline.build import apply_recipe
 from kit.results.report import write_report
 from kit.results.store import ResultsStore
 

@@ -209,7 +209,8 @@ class SshDevice(SshConnection):
                 self._install(staging, final_dir, digest)
         except LINK_ERRORS as e:
             if self._connection_lost(e):
-                raise self._link_lost(f"pushing {label}", e, "nothing was installed, push again when the device is back") from None
+                raise self._link_lost(f"pushing {label}", e,
+                                      "nothing was installed, push again when the device is back") from None
             # paramiko reports a full disk only as "Failure": say what it most likely means.
             self._cleanup(staging)
             raise DeviceError(self.name, f"writing {label} to {parent} failed ({e}); the device is probably out of "
