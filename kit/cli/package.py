@@ -68,8 +68,11 @@ def register(app: typer.Typer) -> None:
         """Package MODEL for one runtime as a signed bundle (manifest + signature + model + reference pair)."""
         import numpy as np
 
-        from kit.package import package
+        from kit.package import check_request, package
 
+        path = Path(model)
+        model_file = path if path.suffix in (".pte", ".onnx", ".ort") else None
+        check_request(model_file, target, optimize=optimize, expires=expires, key=key)  # before loading anything
         shape = _shape(input_shape)
         preprocessing = None
         if data:
@@ -84,9 +87,8 @@ def register(app: typer.Typer) -> None:
         else:
             shape = shape or [1, 1, 32, 32]
             example = np.random.default_rng(0).random(shape, dtype=np.float32)  # [0, 1), like the kit's data
-        path = Path(model)
-        if path.suffix in (".pte", ".onnx", ".ort"):
-            src = path  # package() checks the file and that its format fits the target
+        if model_file is not None:
+            src = model_file
         else:
             from kit.models import load_model
 

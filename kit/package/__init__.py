@@ -83,16 +83,16 @@ def _delegation_warning(d: Delegation) -> str | None:
             f"and will be slow on the device (fell back: {fell_back or 'none listed'})")
 
 
-def _check_request(model, target: str, example_input, optimize: str | None, expires, key) -> None:
-    """Everything about a package request that can be wrong, checked before minutes of export."""
+def check_request(model, target: str, *, optimize: str | None = None, expires=None, key=None) -> None:
+    """What package() refuses before minutes of export: an unknown target, a model file of another
+    format (`model` a path; anything else is not checked here), a bad optimisation level or expiry,
+    a missing signing key. Callers that load data or models first may call it earlier."""
     if target not in TARGETS:
         raise EdgeKitError(f"target {target!r}: choose one of {', '.join(TARGETS)}")
     if isinstance(model, (str, Path)) and Path(model).suffix not in FORMATS[target]:
         suffix = Path(model).suffix
         raise EdgeKitError(f"{model}: a {suffix or 'suffix-less'} file cannot be packaged for target {target!r} "
                            f"(expects {' or '.join(FORMATS[target])})")
-    if example_input is None:
-        raise EdgeKitError("package needs an example input (its shape fixes the model's input shape)")
     if optimize is not None and optimize not in OPT_LEVELS:
         raise EdgeKitError(f"optimize {optimize!r}: choose one of {', '.join(OPT_LEVELS)}")
     parse_expires(expires)
@@ -113,7 +113,9 @@ def package(model, target: str, out_dir: str | Path, example_input: np.ndarray |
     `optimize` ("basic"/"extended"): ORT offline graph optimisation for the onnx/ort targets.
     `expires`: "30d", "12h", an ISO date, ... `recipe`/`compression`: recorded in the manifest.
     """
-    _check_request(model, target, example_input, optimize, expires, key)
+    check_request(model, target, optimize=optimize, expires=expires, key=key)
+    if example_input is None:
+        raise EdgeKitError("package needs an example input (its shape fixes the model's input shape)")
     example_input = np.ascontiguousarray(example_input, dtype=np.float32)
     extra = dict(extra or {})
     warnings: list[str] = []
@@ -182,5 +184,5 @@ def package(model, target: str, out_dir: str | Path, example_input: np.ndarray |
     return bundle
 
 
-__all__ = ["Bundle", "BundleRefused", "Delegation", "TARGETS", "Verified", "export_onnx", "export_pte", "package",
+__all__ = ["Bundle", "BundleRefused", "Delegation", "TARGETS", "Verified", "check_request", "export_onnx", "export_pte", "package",
            "runner_for", "sha256_file", "verify"]
