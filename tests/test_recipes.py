@@ -207,3 +207,34 @@ def test_cli_recipes_list_and_show(tmp_path):
     assert refused.returncode == 2
     assert refused.stderr.strip() == f"edgekit: error: {bad}:3: unknown key 'threadz'; allowed keys: name, description, " \
                                      "base, device, runtime, format, input, threads, compress, budget, bench, smoke"
+
+
+# --- the registered passes ------------------------------------------------------------------
+
+def test_registry_is_built_from_the_pass_classes_and_recipes_hold_config_objects():
+    from kit.compress.prune import Prune
+    from kit.compress.quantize import Int8Static
+    from kit.compress.registry import METHODS, TERMINAL, parse_chain
+
+    assert set(METHODS) == {"prune", "prune_structured", "distill", "lowrank", "cluster", "quantize",
+                            "quantize_dynamic", "qat", "ort_quantize", "ort_quantize_dynamic"}
+    for name, cls in METHODS.items():
+        assert cls().method == name and set(cls.runtimes) <= {"executorch", "onnxruntime"}
+        assert callable(cls.apply) and isinstance(cls.terminal, bool) and isinstance(cls.needs_calibration, bool)
+    assert TERMINAL == {"quantize": "executorch", "quantize_dynamic": "executorch", "qat": "executorch",
+                        "ort_quantize": "onnxruntime", "ort_quantize_dynamic": "onnxruntime"}
+    assert METHODS["quantize"].needs_calibration and METHODS["ort_quantize"].needs_calibration
+    # dicts and config objects go through the same validator
+    as_dicts = parse_chain([{"method": "prune", "amount": 0.3}, {"method": "quantize", "per_channel": False}], "executorch")
+    assert as_dicts == parse_chain([Prune(amount=0.3), Int8Static(per_channel=False)], "executorch")
+    r = load_recipe("x86-64-int8", ["compress.0.per_channel=false"])
+    assert [type(s) for s in r.steps] == [Int8Static] and r.steps[0].per_channel is False
+    assert r.steps[0].params()["per_channel"] is False and "method" not in r.steps[0].params()
+
+
+def test_recipes_and_passes_load_without_torch():
+    code = ("import sys, kit.recipes, kit.compress.registry, kit.pipeline.build; kit.recipes.list_recipes(); "
+            "print([m for m in ('torch', 'executorch', 'onnxruntime', 'paramiko') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -68,3 +68,18 @@ def test_student_search_cli(recipe_model_file, tmp_path, capsys, private_build_c
     assert main(["student-search", "--widths", "a,b"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "edgekit: error: --widths 'a,b': give numbers separated by commas, e.g. 0.25,0.5"
+
+
+def test_prepare_teacher_loads_and_trains_only_when_asked():
+    from kit.evaluate import accuracy, torch_predictor
+    from kit.data import load_data
+    from kit.search.students import prepare_teacher
+
+    labels = []
+    fresh = prepare_teacher("teacher", data="digits", epochs=0, step=labels.append)
+    assert labels == []  # loaded as it is: nothing trained
+    trained = prepare_teacher("teacher", data="digits", epochs=2, step=labels.append,
+                              progress=lambda label, done, total: labels.append(label))
+    assert labels[0] == "training the teacher (2 epochs)" and "train" in labels
+    test = load_data("digits").test
+    assert accuracy(torch_predictor(trained), test) > accuracy(torch_predictor(fresh), test)

@@ -1,3 +1,5 @@
+"""`edgekit demo`: the whole job on this machine (kit.pipeline.demo); this parses, calls and renders."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -5,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from kit.cli._ui import console, progress_bars, stdout
+from kit.cli._ui import progress_bars, stdout
 
 
 def register(app: typer.Typer) -> None:

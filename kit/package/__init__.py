@@ -184,5 +184,5 @@ def package(model, target: str, out_dir: str | Path, example_input: np.ndarray |
     return bundle
 
 
-__all__ = ["Bundle", "BundleRefused", "Delegation", "TARGETS", "Verified", "check_request", "export_onnx", "export_pte", "package",
-           "runner_for", "sha256_file", "verify"]
+__all__ = ["Bundle", "BundleRefused", "Delegation", "TARGETS", "Verified", "check_request", "export_onnx", "export_pte",
+           "package", "runner_for", "sha256_file", "verify"]

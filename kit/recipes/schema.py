@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from kit.compress.base import RUNTIMES, Pass
+from kit.compress.base import RUNTIMES, Pass  # noqa: F401  (RUNTIMES: re-exported by kit.recipes)
 from kit.compress.registry import parse_chain
 
 FORMATS_BY_RUNTIME = {"executorch": ("pte",), "onnxruntime": ("onnx", "ort")}
