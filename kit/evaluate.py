@@ -143,10 +143,29 @@ def compare(reference: Predictor, candidate: Predictor, data: Dataset, max_sampl
 
 
 def per_layer_sqnr(qmodel, data: Dataset, max_samples: int = 8) -> list[dict]:
-    """SQNR (dB) of each quantized layer's output against the float graph, worst first, using
-    torchao's PT2E numeric debugger (loggers on matching nodes of both graphs). Conv outputs that
-    feed a BatchNorm in the float graph are skipped: BN is folded in the quantized graph, so the
-    comparable point is after it."""
+    """SQNR (dB) of each quantized layer's output against the float graph, worst first (see
+    layer_sqnr_report, which also names the nodes it could not compare)."""
+    return layer_sqnr_report(qmodel, data, max_samples)[0]
+
+
+def _is_tensor_tree(value) -> bool:
+    if torch.is_tensor(value):
+        return value.is_floating_point()
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_is_tensor_tree(v) for v in value)
+    if isinstance(value, dict):
+        return bool(value) and all(_is_tensor_tree(v) for v in value.values())
+    return False
+
+
+def layer_sqnr_report(qmodel, data: Dataset, max_samples: int = 8) -> tuple[list[dict], list[dict]]:
+    """(rows, skipped): rows {layer, node, sqnr_db} worst first, from torchao's PT2E numeric debugger
+    (loggers on matching nodes of both graphs); skipped {node, reason} for the nodes left out.
+
+    Left out: nodes whose outputs are not float tensors (`sym_size` of `x.view(x.size(0), -1)` in a
+    batch-dynamic graph logs a Python int, on which torchao's comparison raises), nodes whose two
+    outputs cannot be compared (shapes differ), and Conv outputs that feed a BatchNorm in the float
+    graph (BN is folded in the quantized graph, so the comparable point is after it)."""
     from torchao.quantization.pt2e import compare_results, extract_results_from_loggers, prepare_for_propagation_comparison
 
     if getattr(qmodel, "float_graph", None) is None:
@@ -164,13 +183,25 @@ def per_layer_sqnr(qmodel, data: Dataset, max_samples: int = 8) -> list[dict]:
     for n in qmodel.float_graph.graph.nodes:
         if "batch_norm" in str(n.target) and n.args:
             feeds_bn.add(n.args[0].name)
-    rows = []
-    for info, summary in compare_results(extract_results_from_loggers(ref), extract_results_from_loggers(act)).items():
-        if summary.ref_node_name in feeds_bn or info.name in feeds_bn:
+    ref_results, act_results = extract_results_from_loggers(ref), extract_results_from_loggers(act)
+    rows, skipped = [], []
+    for key, (ref_name, ref_stack, ref_stats) in ref_results.items():
+        if key not in act_results:
+            continue
+        if not (all(_is_tensor_tree(v) for v in ref_stats) and all(_is_tensor_tree(v) for v in act_results[key][2])):
+            skipped.append({"node": ref_name or key.name, "reason": "output is not a float tensor (shape arithmetic)"})
+            continue
+        try:
+            summary = compare_results({key: (ref_name, ref_stack, ref_stats)}, {key: act_results[key]})[key]
+        except Exception as e:  # noqa: BLE001 - a diagnostic never stops a build; the node is reported as skipped
+            cause = e.__cause__ or e
+            skipped.append({"node": ref_name or key.name, "reason": f"not comparable ({str(cause).splitlines()[0][:120]})"})
+            continue
+        if summary.ref_node_name in feeds_bn or key.name in feeds_bn:
             continue
         values = [float(r.sqnr) for r in summary.results]
         if not values:
             continue
-        rows.append({"layer": summary.ref_module_stack, "node": info.name, "sqnr_db": round(float(np.mean(values)), 2)})
+        rows.append({"layer": summary.ref_module_stack, "node": key.name, "sqnr_db": round(float(np.mean(values)), 2)})
     rows.sort(key=lambda r: r["sqnr_db"])
-    return rows
+    return rows, skipped

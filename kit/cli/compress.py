@@ -43,21 +43,39 @@ def register(app: typer.Typer) -> None:
         teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher for distill steps (default: MODEL itself)."),
         teacher_weights: Optional[Path] = typer.Option(None, "--teacher-weights", help="A state_dict file for --teacher."),
         set_: List[str] = typer.Option([], "--set", help="Override a recipe field: key=value (e.g. compress.0.ratio=0.3)."),
-        image_size: Optional[int] = typer.Option(None, "--image-size", help="Resize data to this size (default: the recipe's)."),
+        image_size: Optional[int] = typer.Option(None, "--image-size", help="Input size: sets input.image_size and loads the data at it (default: the recipe's)."),
+        preprocess: Optional[str] = typer.Option(None, "--preprocess", help="Normalisation preset: imagenet | inception | none (default: the recipe's; imagenet for torchvision:NAME)."),
+        mean: Optional[str] = typer.Option(None, "--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406 (with --std; wins over --preprocess)."),
+        std: Optional[str] = typer.Option(None, "--std", help="Per-channel std, e.g. 0.229,0.224,0.225."),
+        resize: Optional[str] = typer.Option(None, "--resize", help="resize (plain, to size x size) | shorter_crop (shorter side to size/crop-fraction, centre crop)."),
+        crop_fraction: Optional[float] = typer.Option(None, "--crop-fraction", help="shorter_crop: the crop's share of the resized side (default 0.875)."),
+        channel_order: Optional[str] = typer.Option(None, "--channel-order", help="rgb | bgr (default rgb)."),
         eval_samples: Optional[int] = typer.Option(None, "--eval-samples", min=1, help="Evaluate on the first N test samples."),
         override_budget: bool = typer.Option(False, "--override-budget", help="Package even if the accuracy budget is exceeded."),
         name: str = typer.Option("model", "--name", help="Model name recorded in the bundle."),
         cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse an identical earlier run (same model, recipe, data, key)."),
     ):
         """Compress MODEL with a recipe's chain, gate it on the accuracy budget, package it, write report.json."""
+        from kit.cli._ui import console
         from kit.data import load_data
-        from kit.models import load_model, load_teacher
-        from kit.pipeline.build import compress_job
+        from kit.errors import EdgeKitError
+        from kit.preprocess import cli_spec, resolve
         from kit.recipes import load_recipe
 
-        rec = load_recipe(recipe, set_)
-        size = image_size or rec.input.image_size or 32
-        splits = load_data(data, size)
+        sizes = [s for s in set_ if s.split("=", 1)[0].strip() == "input.image_size"]
+        if image_size is not None and sizes and sizes[-1].split("=", 1)[1].strip() != str(image_size):
+            raise EdgeKitError(f"--image-size {image_size} and --set {sizes[-1]} disagree; give one of them")
+        rec = load_recipe(recipe, [*set_, f"input.image_size={image_size}"] if image_size is not None else set_)
+        pre, source = resolve(cli_spec(preprocess, mean, std, resize, crop_fraction, channel_order),
+                              rec.input.preprocessing(), model)
+        rec = rec.with_preprocess(pre)
+        size = rec.input.image_size or 32
+        splits = load_data(data, size, preprocess=pre, channels=rec.input.channels)
+        console.print(f"preprocess: {pre.label} ({source})", highlight=False)
+
+        from kit.models import load_model, load_teacher
+        from kit.pipeline.build import compress_job
+
         net = load_model(model, weights)
         with progress_bars() as (progress, step):
             step(f"compress {model} with {rec.name}: {' -> '.join(s.method for s in rec.steps) or '(no steps)'}")
@@ -66,5 +84,6 @@ def register(app: typer.Typer) -> None:
                                    cache=cache)
         stdout.print(_table(f"edgekit compress: {rec.name}", outcome.report))
         stdout.print(outcome.report["artifact_gate"]["message"] + (" (overridden)" if not outcome.gate_passed else ""))
+        stdout.print(f"input:   {pre.label} preprocessing, {source}", highlight=False)
         stdout.print(f"bundle:  {outcome.bundle_path}")
         stdout.print(f"report:  {outcome.report_path}")

@@ -64,6 +64,12 @@ def register(app: typer.Typer) -> None:
         recipe: Path = typer.Option(None, help="Recipe (YAML/JSON) to record in the manifest."),
         report: Path = typer.Option(None, help="Compression report (JSON) to record in the manifest."),
         as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+        preprocess: str = typer.Option(None, "--preprocess", help="Normalisation preset: imagenet | inception | none (default: the --recipe's; imagenet for torchvision:NAME)."),
+        mean: str = typer.Option(None, "--mean", help="Per-channel mean, e.g. 0.485,0.456,0.406 (with --std)."),
+        std: str = typer.Option(None, "--std", help="Per-channel std, e.g. 0.229,0.224,0.225."),
+        resize: str = typer.Option(None, "--resize", help="resize | shorter_crop (how --data is brought to the input size)."),
+        crop_fraction: float = typer.Option(None, "--crop-fraction", help="shorter_crop: the crop's share of the resized side (default 0.875)."),
+        channel_order: str = typer.Option(None, "--channel-order", help="rgb | bgr (default rgb)."),
     ):
         """Package MODEL for one runtime as a signed bundle (manifest + signature + model + reference pair)."""
         import numpy as np
@@ -74,19 +80,29 @@ def register(app: typer.Typer) -> None:
         model_file = path if path.suffix in (".pte", ".onnx", ".ort") else None
         check_request(model_file, target, optimize=optimize, expires=expires, key=key)  # before loading anything
         shape = _shape(input_shape)
-        preprocessing = None
+        from kit.preprocess import cli_spec, resolve
+
+        recipe_doc = _read_doc(recipe, "--recipe")
+        recipe_pre = ((recipe_doc or {}).get("input") or {}).get("preprocess")
+        try:
+            pre, source = resolve(cli_spec(preprocess, mean, std, resize, crop_fraction, channel_order), recipe_pre,
+                                  None if model_file else model)
+        except EdgeKitError as e:
+            raise EdgeKitError(f"--recipe {recipe}: input.preprocess: {e}" if recipe_pre and recipe else str(e)) from None
         if data:
             from kit.data import load_data
 
-            splits = load_data(data, shape[-1] if shape else 32)
-            example = splits.test.x[:1]
+            splits = load_data(data, shape[-1] if shape else 32, preprocess=pre)
+            example = splits.test.x[:1]  # preprocessed as the model is fed: the agent's reference input
             if shape and list(example.shape[1:]) != shape[1:]:
                 raise EdgeKitError(f"--input-shape {input_shape}: the data gives {list(example.shape)}; drop one or match them")
-            preprocessing = {"layout": "NCHW", "dtype": "float32", "data": splits.name, "range": [0.0, 1.0],
-                             "channels": int(example.shape[1]), "image_size": int(example.shape[-1])}
+            preprocessing = pre.manifest(example.shape, splits.name)
         else:
             shape = shape or [1, 1, 32, 32]
-            example = np.random.default_rng(0).random(shape, dtype=np.float32)  # [0, 1), like the kit's data
+            # A random image in [0, 1), normalised like real input would be.
+            example = pre.normalise(np.random.default_rng(0).random(shape, dtype=np.float32))
+            preprocessing = pre.manifest(example.shape)
+        console.print(f"preprocess: {pre.label} ({source})", highlight=False)
         if model_file is not None:
             src = model_file
         else:
@@ -97,7 +113,7 @@ def register(app: typer.Typer) -> None:
             step(f"packaging {model} for {target}")
             bundle = package(src, target, out, example, name=name or path.stem.split(":")[-1] or "model",
                              key=key, expires=expires, sequence=sequence, optimize=optimize, ort_platform=ort_platform,
-                             recipe=_read_doc(recipe, "--recipe"), compression=_read_doc(report, "--report"),
+                             recipe=recipe_doc, compression=_read_doc(report, "--report"),
                              preprocessing=preprocessing, progress=progress)
         for w in bundle.warnings:
             console.print(f"[yellow]warning:[/] {w}")
@@ -112,6 +128,9 @@ def register(app: typer.Typer) -> None:
             d = m["delegation"]
             _out(f"xnnpack  {d['delegated_nodes']} nodes in {d['delegated_subgraphs']} delegate(s), "
                          f"{d['non_delegated_nodes']} on portable kernels ({100 * d['coverage']:.0f}% delegated)")
+        from kit.preprocess import describe
+
+        _out(f"input    {describe(m.get('preprocessing'))}")
         _out(f"signed   {m.get('signer')}  name {m['name']!r} sequence {m['sequence']}"
                      + (f"  expires {m['expires']}" if m.get("expires") else ""))
 
@@ -130,6 +149,9 @@ def register(app: typer.Typer) -> None:
             return
         _out(f"OK {v.path}: bundle {v.bundle_id}, model {v.name!r} ({v.runtime} {v.format}), sequence {v.sequence}, "
                      f"{v.files} files verified, signed by {v.key_id}" + (f", expires {v.expires}" if v.expires else ""))
+        from kit.preprocess import describe
+
+        _out(f"input    {describe(v.preprocessing)}")
         for w in v.warnings:
             console.print(f"[yellow]warning:[/] {w}")
 

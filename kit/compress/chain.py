@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from kit.compress.base import StepContext
+from kit.compress.checks import check_finite
 from kit.compress.gate import GateResult, judge
 from kit.compress.prune import global_sparsity
 from kit.compress.quantize import QuantizedModel
@@ -81,6 +82,9 @@ def run_chain(model: nn.Module, steps: list, splits: Splits, *, budget_top1_drop
     configs = parse_chain(steps, runtime)
     if any(c.needs_calibration for c in configs) and (splits.calib is None or len(splits.calib) == 0):
         raise EdgeKitError("calibration set is empty; static int8 needs calibration samples (--data)")
+    if any(c.needs_calibration for c in configs):
+        check_finite(splits.calib, f"calibration data ({splits.name!r} calibration split)")
+    check_finite(splits.test, f"evaluation data ({splits.name!r} test split)")
     workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="edgekit-chain-"))
     workdir.mkdir(parents=True, exist_ok=True)
     original = copy.deepcopy(model).eval()

@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 
 from kit.compress.base import Pass, StepContext, StepResult
+from kit.compress.checks import check_finite
 from kit.data import Dataset
 from kit.errors import EdgeKitError
 from kit.progress import ProgressFn, report
@@ -182,6 +183,7 @@ def quantize_onnx(model_path: str | Path, config: OrtInt8Static, calib: Dataset,
     if not model_path.is_file():
         raise EdgeKitError(f"model file {model_path}: no such file")
     _check_nodes(model_path, config.nodes_to_exclude, "ort_quantize nodes_to_exclude")
+    check_finite(calib, "calibration data", config.max_samples)
     input_name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
     activation = config.activation_type
     if activation == "auto":

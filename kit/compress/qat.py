@@ -75,6 +75,9 @@ def qat(model: nn.Module, config: QAT, data: Dataset, progress: ProgressFn = Non
         raise EdgeKitError("qat needs a labelled training set with at least 2 samples (--data)")
     name = type(model).__name__
     check_layer_names(model, config.skip_layers, "qat skip_layers")
+    from kit.compress.checks import check_finite
+
+    check_finite(data, "training data (qat)", config.max_samples)
     model = copy.deepcopy(model)
     sample = torch.from_numpy(data.x[:2].copy())
     graph = _export_trainable(model, sample)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from kit.compress.base import Pass, StepContext, StepResult
+from kit.compress.checks import check_finite
 from kit.data import Dataset
 from kit.errors import EdgeKitError
 
@@ -35,7 +36,7 @@ class _XnnpackInt8(Pass):
     terminal = True
 
     def apply(self, model, ctx: StepContext) -> StepResult:
-        from kit.evaluate import per_layer_sqnr
+        from kit.evaluate import layer_sqnr_report
 
         cfg, info = self, {}
         calib = ctx.splits.calib if self.needs_calibration else None
@@ -48,7 +49,10 @@ class _XnnpackInt8(Pass):
         quantized = quantize(model, cfg, calib, ctx.input_shape)
         info["skip_layers"] = list(cfg.skip_layers)
         info["quantized_ops"] = quantized.quantized_ops
-        info["worst_layers_sqnr"] = per_layer_sqnr(quantized, ctx.splits.calib, max_samples=4)[:8]
+        rows, skipped = layer_sqnr_report(quantized, ctx.splits.calib, max_samples=4)
+        info["worst_layers_sqnr"] = rows[:8]
+        if skipped:  # nodes the per-layer comparison left out (shape arithmetic such as sym_size)
+            info["sqnr_skipped_nodes"] = skipped
         return StepResult(quantized, info, cfg)
 
 
@@ -229,6 +233,8 @@ def quantize(model: nn.Module, config: Int8Static | Int8Dynamic, calib: Dataset 
     check_layer_names(model, config.skip_layers, "quantize skip_layers")
     qconfig = xnnpack_config(config.per_channel, dynamic=dynamic,
                              observer="histogram" if dynamic else config.observer)
+    if not dynamic:
+        check_finite(calib, "calibration data", config.calib_batches * config.batch_size)
     graph, batch_dynamic = export_for_quant(model, example)
     float_graph = copy.deepcopy(graph)
     prepared = prepare(graph, xnnpack_quantizer(qconfig, config.skip_layers), name)

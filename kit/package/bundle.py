@@ -16,6 +16,11 @@ sequence (monotonic per name: replay protection), created, expires (optional, UT
 {name, format, version, min_version}, model {file, sha256, size}, files {name: {sha256, size}},
 inputs/outputs [{name, shape, dtype}], preprocessing, reference {input, output, atol, rtol},
 recipe, compression, delegation (.pte), ort (.onnx/.ort), kit_version, signer (key id).
+
+`preprocessing` is what the model is fed: layout, dtype and, when the packager knows them, the
+kit.preprocess.Preprocess fields (preset, mean, std, resize, crop_fraction, channel_order,
+value_range) plus channels, image_size and the data set's name (Preprocess.manifest). The
+reference input is already preprocessed, so the device's reference check needs none of it.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,7 +43,10 @@ def export_pte(module: torch.nn.Module, example_input: tuple[torch.Tensor, ...],
         exported = torch.export.export(module, example_input, strict=False)
     except Exception as e:
         raise EdgeKitError(f"torch.export cannot trace the model for ExecuTorch ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
-    edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    try:
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    except Exception as e:  # SpecViolationError, a partitioner or pass refusing an op: one line
+        raise lowering_error(exported, e) from e
     # Scalar constants of decomposed ops (hardswish/hardsigmoid in MobileNetV3: 18 of them) stay
     # outside the delegate as _to_dim_order_copy nodes run on every call; fold them into constants
     # so the graph is fully delegated (MobileNetV3-Small: 92% -> 100% of nodes).
@@ -52,7 +56,10 @@ def export_pte(module: torch.nn.Module, example_input: tuple[torch.Tensor, ...],
     for row in info.delegation_by_operator.values():
         if row.non_delegated and row.op_type not in _FREE_OPS:
             non_delegated[row.op_type] = row.non_delegated
-    program = edge.to_executorch()
+    try:
+        program = edge.to_executorch()
+    except Exception as e:  # an op without an ExecuTorch kernel (no out variant)
+        raise lowering_error(exported, e) from e
     tmp = out_path.with_name(out_path.name + ".part")
     tmp.write_bytes(program.buffer)
     tmp.replace(out_path)
@@ -62,6 +69,43 @@ def export_pte(module: torch.nn.Module, example_input: tuple[torch.Tensor, ...],
         non_delegated_nodes=sum(non_delegated.values()),
         non_delegated_ops=non_delegated,
     )
+
+
+_OP = re.compile(r"\b(aten|quantized_decomposed|dim_order_ops|torchao)[.:]+([A-Za-z0-9_]+)")
+
+
+def _node_for(exported, namespace: str, op: str):
+    for node in exported.graph_module.graph.nodes:
+        target = str(node.target)
+        if node.op == "call_function" and namespace in target and (f".{op}." in target or target.endswith(f".{op}")):
+            return node
+    return None
+
+
+def _where(node) -> str:
+    """`layer features.3 (node abs_1, model.py:12)`: the innermost module and the source line of a node."""
+    stack = list((node.meta.get("nn_module_stack") or {}).values())
+    layer = stack[-1][0] if stack else ""
+    place = f"layer {layer}" if layer else "the model's own forward()"
+    trace = [ln.strip() for ln in (node.meta.get("stack_trace") or "").splitlines() if ln.strip().startswith("File ")]
+    src = re.match(r'File "([^"]+)", line (\d+)', trace[-1]) if trace else None
+    at = f", {Path(src.group(1)).name}:{src.group(2)}" if src else ""
+    return f"{place} (node {node.name}{at})"
+
+
+def lowering_error(exported, e: Exception) -> EdgeKitError:
+    """One line for an ExecuTorch lowering failure: the op, the layer that holds it, what to do."""
+    text = str(e)
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+    match = _OP.search(text)
+    if match is None:
+        return EdgeKitError(f"ExecuTorch cannot lower the model ({type(e).__name__}: {first[:200]}); "
+                            "package it for onnxruntime instead, or keep the failing layer in float (skip_layers)")
+    op = f"{match.group(1)}.{match.group(2)}"
+    node = _node_for(exported, match.group(1), match.group(2))
+    where = _where(node) if node is not None else "a node of the exported graph"
+    return EdgeKitError(f"ExecuTorch cannot lower op {op} in {where}: {type(e).__name__}: {first[:160].rstrip(':')}; "
+                        "replace that op, keep the layer in float (skip_layers), or use the onnxruntime runtime")
 
 
 def run_pte(path: str | Path, inputs: list) -> list:

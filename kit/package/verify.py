@@ -28,6 +28,7 @@ class Verified:
     files: int
     expires: str | None = None
     delegation: dict | None = None
+    preprocessing: dict | None = None  # the manifest's: layout, dtype, mean/std, resize, channel order, range
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -66,4 +67,5 @@ def verify(path: str | Path, trust: list[str | Path] | None = None) -> Verified:
                     sequence=manifest["sequence"], key_id=key_id, runtime=manifest["runtime"]["name"],
                     format=manifest["runtime"].get("format", ""), model_sha256=manifest["model"]["sha256"],
                     files=len(manifest["files"]), expires=manifest.get("expires"), delegation=deleg,
+                    preprocessing=manifest.get("preprocessing"),
                     warnings=list(manifest.get("warnings", [])))

@@ -53,7 +53,9 @@ class Build:
         return 100.0 * (self.baseline_accuracy - self.accuracy)
 
 
-def check_input(recipe: Recipe, splits: Splits) -> None:
+def check_input(recipe: Recipe, splits: Splits, model=None) -> None:
+    """The data against the recipe's input (channels, image_size, preprocess) and the model's first
+    convolution; one line naming the field or flag to change."""
     channels = splits.train.x.shape[1]
     if recipe.input.channels is not None and recipe.input.channels != channels:
         raise EdgeKitError(f"recipe {recipe.name} ({recipe.source}): input.channels={recipe.input.channels} but data "
@@ -61,7 +63,42 @@ def check_input(recipe: Recipe, splits: Splits) -> None:
     size = splits.train.x.shape[-1]
     if recipe.input.image_size is not None and recipe.input.image_size != size:
         raise EdgeKitError(f"recipe {recipe.name}: input.image_size={recipe.input.image_size} but the data was loaded at "
-                           f"{size}; load it with image_size={recipe.input.image_size}")
+                           f"{size}; use --image-size {size} (or load it with image_size={recipe.input.image_size})")
+    wanted = recipe.input.preprocessing()
+    if wanted is not None and not wanted.same_as(splits.preprocess):
+        raise EdgeKitError(f"recipe {recipe.name}: input.preprocess is {wanted.preset or wanted.to_dict()} but data "
+                           f"{splits.name!r} was loaded with {_label(splits.preprocess)}; load it with "
+                           f"kit.data.load_data(..., preprocess=recipe.input.preprocessing())")
+    first = _first_conv(model)
+    if first is not None and first[1] != channels:
+        raise EdgeKitError(f"model: its first convolution ({first[0]}) takes {first[1]} channel(s) but data "
+                           f"{splits.name!r} has {channels}; give {first[1]}-channel data or a model for {channels}")
+
+
+def _label(pre) -> str:
+    return "no preprocessing" if pre is None else (pre.preset or str(pre.to_dict()))  # values, not "custom"
+
+
+def _first_conv(model) -> tuple[str, int] | None:
+    """(name, in_channels) of the first registered Conv2d when no Linear comes before it."""
+    if not hasattr(model, "named_modules"):
+        return None
+    from torch import nn
+
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            return name, int(mod.in_channels)
+        if isinstance(mod, (nn.Linear, nn.Embedding, nn.MultiheadAttention)):
+            return None
+    return None
+
+
+def manifest_preprocessing(recipe: Recipe, splits: Splits) -> dict:
+    """The bundle manifest's `preprocessing`: what the data loader applied (else the recipe's)."""
+    from kit.preprocess import Preprocess
+
+    pre = splits.preprocess or recipe.input.preprocessing() or Preprocess()
+    return pre.manifest(splits.test.x[:1].shape, splits.name)
 
 
 def json_safe(obj):
@@ -107,7 +144,9 @@ def _compress_and_package(recipe: Recipe, model, splits: Splits, out_dir: Path, 
     try:
         result = run_chain(model, recipe.steps, splits, budget_top1_drop=recipe.budget.top1_drop, teacher=teacher,
                            runtime=recipe.runtime, progress=progress, workdir=work, eval_samples=eval_samples)
-        report = {"recipe": recipe.summary(), "name": name, **result.report, "override_budget": override_budget}
+        preprocessing = manifest_preprocessing(recipe, splits)
+        report = {"recipe": recipe.summary(), "name": name, "preprocessing": preprocessing, **result.report,
+                  "override_budget": override_budget}
         if not result.gate_passed and not override_budget:
             report.update(refused=True, bundle=None)
             _write_json(out_dir / "report.json", report)
@@ -118,8 +157,11 @@ def _compress_and_package(recipe: Recipe, model, splits: Splits, out_dir: Path, 
             torch.save(result.model, checkpoint)
         compact = {"steps": [{"method": s["method"], "params": s["params"]} for s in report["steps"]],
                    "gate": report["gate"]}  # the manifest gets methods and parameters, not per-layer tables
+        # The reference input is the first test sample as the loader preprocessed it (resized,
+        # normalised): the agent's reference check runs the model on exactly what it is fed.
         bundle = package(result.model, recipe.format if recipe.format == "ort" else recipe.target, out_dir / "bundle",
-                         splits.test.x[:1], name=name, recipe=recipe.summary(), compression=compact)
+                         splits.test.x[:1], name=name, recipe=recipe.summary(), compression=compact,
+                         preprocessing=preprocessing)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report["artifact"] = evaluate_artifact(bundle.model_file, runner_for(bundle.model_file, recipe.threads),
@@ -139,7 +181,7 @@ def build(recipe: Recipe, model, splits: Splits, out_dir: str | Path, *, teacher
     teacher, the recipe, the data, the options and the signing key). `baseline_top1`: the original's
     top-1 the artifact gate compares with (default: measured on the same evaluation samples).
     """
-    check_input(recipe, splits)
+    check_input(recipe, splits, model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report_path = out_dir / "report.json"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import os
+import typing
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -232,10 +233,11 @@ def _model_at(loc: Path_) -> type[pydantic.BaseModel] | None:
         if field is None:
             return None
         ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, pydantic.BaseModel):
-            model = ann
-        else:
+        # `X | None` (e.g. input.preprocess): the model inside the Optional
+        models = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, pydantic.BaseModel)]
+        if not models:
             return None
+        model = models[0]
     return model
 
 

@@ -27,10 +27,50 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PreprocessSpec(_Strict):
+    """`input.preprocess` as a mapping (a bare preset name is read as {preset: NAME}); the fields
+    of kit.preprocess.Preprocess, unset ones taking its defaults (or the preset's mean/std)."""
+
+    preset: Literal["none", "imagenet", "inception"] | None = Field(None, description="Named mean/std.")
+    mean: list[float] | None = Field(None, min_length=1, max_length=4, description="Per-channel mean.")
+    std: list[float] | None = Field(None, min_length=1, max_length=4, description="Per-channel std.")
+    resize: Literal["resize", "shorter_crop"] | None = Field(None, description="Resize policy.")
+    crop_fraction: float | None = Field(None, gt=0, le=1, description="shorter_crop: the centre crop's share.")
+    channel_order: Literal["rgb", "bgr"] | None = None
+    value_range: tuple[float, float] | None = Field(None, description="[0, 1] pixels are scaled to this first.")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        from kit.errors import EdgeKitError
+        from kit.preprocess import Preprocess
+
+        try:
+            Preprocess.from_spec(self.model_dump(exclude_none=True))
+        except EdgeKitError as e:
+            raise ValueError(str(e).removeprefix("preprocess").lstrip(": ")) from None
+        return self
+
+    def to_preprocess(self):
+        from kit.preprocess import Preprocess
+
+        return Preprocess.from_spec(self.model_dump(exclude_none=True))
+
+
 class InputSpec(_Strict):
     # None means "as the data set comes" (the digits load at 32x32, one channel).
     image_size: int | None = Field(None, ge=8, le=1024, description="Square input side in pixels.")
     channels: int | None = Field(None, ge=1, le=4, description="Input channels (1 for digits, 3 for RGB).")
+    preprocess: PreprocessSpec | None = Field(
+        None, description="How inputs are resized and normalised: a preset (imagenet, inception, none) or a mapping.")
+
+    @field_validator("preprocess", mode="before")
+    @classmethod
+    def _preset_name(cls, value):
+        return {"preset": value} if isinstance(value, str) else value
+
+    def preprocessing(self):
+        """The kit.preprocess.Preprocess this recipe names, or None when it says nothing."""
+        return None if self.preprocess is None else self.preprocess.to_preprocess()
 
 
 class Budget(_Strict):
@@ -87,6 +127,11 @@ class Recipe(_Strict):
     def target(self) -> str:
         """The kit.package target this recipe's format needs."""
         return "executorch" if self.runtime == "executorch" else "onnx"
+
+    def with_preprocess(self, pre) -> "Recipe":
+        """A copy whose input.preprocess is `pre` (a kit.preprocess.Preprocess): what a run really used."""
+        spec = PreprocessSpec.model_validate({k: v for k, v in pre.to_dict().items() if v is not None})
+        return self.model_copy(update={"input": self.input.model_copy(update={"preprocess": spec})})
 
     def summary(self) -> dict:
         """A JSON-able view for listings and reports."""

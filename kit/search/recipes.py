@@ -147,15 +147,18 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
     step = step or (lambda label: None)
     out_dir = Path(out_dir)
     t0 = time.time()
-    splits_cache: dict[int | None, Splits] = {}
-    baseline: dict[int | None, float | None] = {}
+    splits_cache: dict[tuple, Splits] = {}
+    baseline: dict[tuple, float | None] = {}
 
-    def splits_for(size: int | None) -> Splits:
+    def splits_for(recipe) -> tuple[Splits, tuple]:
+        """The data as this recipe's model is fed (its size and preprocessing), loaded once per kind."""
+        pre = recipe.input.preprocessing()
+        key = (recipe.input.image_size, None if pre is None else repr(pre))
         if isinstance(data, Splits):
-            return data
-        if size not in splits_cache:
-            splits_cache[size] = load_data(data, size or 32, seed)
-        return splits_cache[size]
+            return data, key
+        if key not in splits_cache:
+            splits_cache[key] = load_data(data, recipe.input.image_size or 32, seed, preprocess=pre)
+        return splits_cache[key], key
 
     data_name = data.name if isinstance(data, Splits) else str(data)
     result = SearchResult(device=device.name, model=model_name, data=data_name, budget_top1_drop=budget_top1_drop,
@@ -168,8 +171,7 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
         result.candidates.append(c)
         step(f"candidate {i + 1}/{len(candidates)}: {recipe.name}")
         try:
-            splits = splits_for(recipe.input.image_size)
-            size = splits.train.x.shape[-1]
+            splits, size = splits_for(recipe)
             if size not in baseline:
                 baseline[size] = accuracy(torch_predictor(model), splits.test) if splits.test.y is not None else None
             result.baseline_accuracy = baseline[size]

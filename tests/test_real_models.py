@@ -1,0 +1,126 @@
+"""The real tier: real pretrained ImageNet models (offline weight packages) on crops of real
+photos, through build -> bundle -> the local device agent, on both runtimes.
+
+What must hold today: the weights are real (the cat photo's crops go to cat classes, confidently),
+the fp32 artifacts agree with eager torch, the int8 artifacts are built, run on the device with
+their reference check passed, and keep a sane share of top-1. The issue's int8 targets (90%
+agreement, 18 dB) are future work: the figures are printed, not asserted (benchmarks/real_models.py
+records them at full size).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kit.devices.bench import BenchOptions, bench
+from kit.devices.local import LocalDevice
+from kit.models import pretrained, pretrained_spec, weights_file
+from kit.package.bundle import Bundle
+from kit.photos import TEST_PHOTOS, load_photos
+from kit.pipeline.build import build
+from kit.recipes.loader import load_recipe
+
+SIZE, N_CALIB, N_TEST = 160, 32, 42  # CI budget: ~3 CPU-minutes for the whole file
+CATS = range(281, 286)  # ImageNet's tabby, tiger cat, Persian, Siamese, Egyptian cat
+OVERRIDES = [f"input.image_size={SIZE}", "input.channels=3", "budget.top1_drop=100", "bench.runs=5", "bench.warmup=1"]
+FP32_ORT = ["runtime=onnxruntime", "format=onnx"]
+
+
+@pytest.fixture(scope="module")
+def mnv2():
+    return pretrained("mobilenet_v2")
+
+
+@pytest.fixture(scope="module")
+def mnv2_photos():
+    return load_photos(SIZE, N_CALIB, N_TEST, seed=0, preprocess=pretrained_spec("mobilenet_v2").preprocess)
+
+
+def eager(model, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def build_and_bench(model, splits, recipe_name: str, extra: list[str], out):
+    recipe = load_recipe(recipe_name, overrides=OVERRIDES + extra)
+    built = build(recipe, model, splits, out, name=f"mnv2-{recipe_name}", cache=False)
+    m = bench(LocalDevice(), Bundle.load(built.bundle_path), BenchOptions(runs=5, warmup=1, threads=recipe.threads))
+    return built, m
+
+
+def test_weights_are_found_and_named_when_missing():
+    assert weights_file("mobilenet_v2").name == "mobilenet_v2-b0353104.pth"
+    from kit.errors import EdgeKitError
+
+    with pytest.raises(EdgeKitError, match="choose one of mobilenet_v2, efficientnet-lite1"):
+        pretrained("resnet9000")
+
+
+def test_photos_split_by_photo_and_deterministic():
+    a = load_photos(64, 6, 9, seed=3, preprocess=None)
+    b = load_photos(64, 2, 9, seed=3, preprocess=None)
+    assert a.name == "photos" and a.test.y is None and a.calib.x.shape == (6, 3, 64, 64)
+    assert np.array_equal(a.test.x, b.test.x)  # test crops do not depend on the calibration count
+    assert 0.0 <= a.test.x.min() and a.test.x.max() <= 1.0
+    c = load_photos(64, 6, 9, seed=4, preprocess=None)
+    assert not np.array_equal(a.test.x, c.test.x)
+    # no test crop is a calibration crop's pixels
+    assert min(np.abs(t - k).mean() for t in a.test.x for k in a.calib.x) > 1e-3
+
+
+def cat_and_confident_shares(model, splits) -> tuple[float, float]:
+    probs = softmax(eager(model, splits.test.x))
+    cat_crops = np.arange(TEST_PHOTOS.index("chelsea"), len(splits.test), len(TEST_PHOTOS))
+    return float(np.isin(probs.argmax(1)[cat_crops], CATS).mean()), float((probs.max(1) > 0.5).mean())
+
+
+def test_mobilenet_v2_is_really_pretrained(mnv2, mnv2_photos):
+    cat_share, confident = cat_and_confident_shares(mnv2, mnv2_photos)
+    print(f"mnv2 eager: chelsea crops to a cat class {cat_share:.2f}, confident crops {confident:.2f}")
+    assert cat_share >= 0.9  # random weights give ~0
+    assert confident >= 0.25
+
+
+def test_efficientnet_lite1_is_really_pretrained():
+    lite1 = pretrained("efficientnet-lite1")
+    splits = load_photos(SIZE, 1, 15, seed=0, preprocess=pretrained_spec("efficientnet-lite1").preprocess)
+    cat_share, confident = cat_and_confident_shares(lite1, splits)
+    print(f"efficientnet-lite1 eager: chelsea crops to a cat class {cat_share:.2f}, confident crops {confident:.2f}")
+    assert cat_share >= 0.8
+
+
+@pytest.mark.parametrize("recipe_name,extra", [("x86-64-fp32", []), ("x86-64-fp32", FP32_ORT)], ids=["pte", "onnx"])
+def test_fp32_artifact_agrees_with_eager(mnv2, mnv2_photos, recipe_name, extra, tmp_path):
+    built, m = build_and_bench(mnv2, mnv2_photos, recipe_name, extra, tmp_path)
+    agreement = built.report["artifact"]["agreement"]
+    print(f"mnv2 fp32 {built.report['artifact']['file'].rsplit('.', 1)[-1]}: {agreement}, p50 {m.p50_ms:.2f} ms")
+    assert agreement["top1_match"] >= 0.99
+    assert agreement["sqnr_db"] > 40
+    assert m.reference_passed and m.p50_ms > 0
+
+
+@pytest.mark.parametrize("recipe_name", ["x86-64-int8", "x86-64-int8-ort"])
+def test_int8_artifact_builds_runs_and_is_sane(mnv2, mnv2_photos, recipe_name, tmp_path):
+    built, m = build_and_bench(mnv2, mnv2_photos, recipe_name, [], tmp_path)
+    art = built.report["artifact"]
+    fp32 = eager(mnv2, mnv2_photos.test.x)
+    from kit.package import runner_for
+
+    run = runner_for(art["file"])
+    int8 = np.concatenate([run(x[None]) for x in mnv2_photos.test.x])
+    confident = softmax(fp32).max(1) > 0.5
+    match = fp32.argmax(1) == int8.argmax(1)
+    print(f"mnv2 {recipe_name}: agreement {match.mean():.3f}, on {confident.sum()} confident crops "
+          f"{match[confident].mean():.3f}, SQNR {art['agreement']['sqnr_db']:.1f} dB, {art['bytes']} bytes, "
+          f"p50 {m.p50_ms:.2f} ms")
+    assert abs(art["agreement"]["top1_match"] - match.mean()) < 1e-9  # the kit's figure is the artifact's
+    assert art["bytes"] < 5_000_000  # int8 weights: ~3.5M parameters, not 14 MB of float
+    assert m.reference_passed
+    assert match.mean() > 0.3 and art["agreement"]["sqnr_db"] > 3
