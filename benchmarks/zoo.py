@@ -4,6 +4,10 @@ bundle that runs. Prints one JSON line per model x runtime (status ok / refused 
 one-line error / traceback, seconds), then a summary line. tests/test_zoo.py runs a subset.
 
     python benchmarks/zoo.py [--models a,b] [--runtimes executorch,onnxruntime]
+
+timm is not a dependency of the kit (nothing in the test run needs it): `pip install timm` first,
+else its rows say "unavailable". Measured here with timm 1.0.31 (`pip install --no-deps timm
+safetensors` keeps the pinned torch).
 """
 
 from __future__ import annotations

@@ -20,34 +20,7 @@ import numpy as np
 
 from kit.errors import EdgeKitError
 from kit.preprocess import Preprocess
-
-
-@dataclass
-class Dataset:
-    x: np.ndarray  # float32, N x C x H x W
-    y: np.ndarray | None  # int64 labels, or None for unlabelled data
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def batches(self, batch_size: int):
-        for i in range(0, len(self.x), batch_size):
-            yield self.x[i : i + batch_size], (None if self.y is None else self.y[i : i + batch_size])
-
-
-@dataclass
-class Splits:
-    train: Dataset
-    calib: Dataset
-    test: Dataset
-    num_classes: int
-    name: str
-    preprocess: Preprocess | None = None  # what the loader applied (None: not recorded / plain [0, 1])
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one batch-of-one input, e.g. (1, 1, 32, 32)."""
-        return (1, *self.train.x.shape[1:])
+from kit.splits import Dataset, Splits  # noqa: F401  (re-exported: kit.data is where users look)
 
 
 def _spec(preprocess) -> Preprocess | None:
@@ -198,6 +171,10 @@ def load_data(spec: str = "digits", image_size: int = 32, seed: int = 0, preproc
               channels: int | None = None) -> Splits:
     """`digits`, a path to an .npz file, or a path to an image folder, resized to image_size and
     preprocessed by `preprocess` (a Preprocess, preset name, dict of its fields, or None)."""
+    if spec == "photos":  # crops of the photos scikit-image and scikit-learn ship (unlabelled)
+        from kit.photos import load_photos
+
+        return load_photos(image_size or 224, seed=seed, preprocess="imagenet" if preprocess is None else preprocess)
     if spec == "digits":
         splits = load_digits(image_size, seed, preprocess)
         if channels is not None and channels != 1:
@@ -205,7 +182,7 @@ def load_data(spec: str = "digits", image_size: int = 32, seed: int = 0, preproc
         return splits
     p = Path(spec)
     if not p.exists():
-        raise EdgeKitError(f"data {spec!r}: no such file or folder; use 'digits', an .npz file or an image folder")
+        raise EdgeKitError(f"data {spec!r}: no such file or folder; use 'digits', 'photos', an .npz file or an image folder")
     if p.is_dir():
         return load_image_folder(p, image_size, seed, preprocess=preprocess, channels=channels)
     return load_npz(p, image_size, seed, preprocess=preprocess, channels=channels)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kit.data import Dataset, Splits
+from kit.splits import Dataset, Splits
 from kit.errors import EdgeKitError
 
 CALIB_PHOTOS = ("astronaut", "coffee", "motorcycle_left", "motorcycle_right", "china")

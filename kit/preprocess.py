@@ -214,7 +214,8 @@ def resolve(cli: dict | None = None, recipe: "str | dict | Preprocess | None" = 
             model: str | None = None) -> tuple[Preprocess, str]:
     """The Preprocess a run uses and where it came from: CLI fields win field by field over the
     recipe's (a CLI preset or mean/std replaces the recipe's normalisation whole); when neither
-    names a normalisation, `torchvision:NAME` models get imagenet's."""
+    names a normalisation, `torchvision:NAME` models get imagenet's and `pretrained:NAME` what
+    their weights were trained on."""
     if isinstance(recipe, Preprocess):
         recipe = recipe.to_dict()
     elif isinstance(recipe, str):
@@ -231,7 +232,13 @@ def resolve(cli: dict | None = None, recipe: "str | dict | Preprocess | None" = 
         source = "the recipe's input.preprocess"
     else:
         source = "nothing given: plain [0, 1] input"
-    if not any(k in merged for k in ("preset", "mean")) and model and str(model).startswith("torchvision:"):
+    if not any(k in merged for k in ("preset", "mean")) and model and str(model).startswith("pretrained:"):
+        from kit.models import pretrained_spec  # what the weights were trained on
+
+        merged = {**merged, **{k: v for k, v in Preprocess.from_spec(pretrained_spec(str(model)).preprocess).to_dict().items()
+                               if k in ("preset", "mean", "std")}}
+        source = f"what {model} was trained on; --preprocess none turns it off"
+    elif not any(k in merged for k in ("preset", "mean")) and model and str(model).startswith("torchvision:"):
         merged["preset"] = "imagenet"
         source = "the default for torchvision models; --preprocess none turns it off"
     return Preprocess.from_spec(merged), source

@@ -115,3 +115,20 @@ def test_recipe_input_preprocess_field(tmp_path):
         assert msg.startswith(str(f)) and "\n" not in msg, msg
         for text in expected:
             assert text in msg, (name, msg)
+
+
+def test_pretrained_models_default_to_what_their_weights_were_trained_on():
+    from kit.preprocess import resolve
+
+    lite, why = resolve(None, None, "pretrained:efficientnet-lite1")
+    assert lite.mean == (0.498,) * 3 and lite.std == (0.502,) * 3 and "efficientnet-lite1" in why
+    assert resolve(None, None, "pretrained:mobilenet_v2")[0].preset == "imagenet"
+    assert resolve({"preset": "none"}, None, "pretrained:mobilenet_v2")[0].mean is None  # the command line wins
+
+
+def test_photos_are_a_data_spec():
+    from kit.data import load_data
+
+    splits = load_data("photos", 32)
+    assert splits.name == "photos" and splits.test.y is None and splits.test.x.shape[1:] == (3, 32, 32)
+    assert splits.preprocess.preset == "imagenet" and splits.test.x.min() < 0  # normalised, not [0, 1]

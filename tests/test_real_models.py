@@ -48,9 +48,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def build_and_bench(model, splits, recipe_name: str, extra: list[str], out):
+def build_and_bench(model, splits, recipe_name: str, extra: list[str], out, name: str = "mnv2"):
     recipe = load_recipe(recipe_name, overrides=OVERRIDES + extra)
-    built = build(recipe, model, splits, out, name=f"mnv2-{recipe_name}", cache=False)
+    built = build(recipe, model, splits, out, name=f"{name}-{recipe_name}", cache=False)
     m = bench(LocalDevice(), Bundle.load(built.bundle_path), BenchOptions(runs=5, warmup=1, threads=recipe.threads))
     return built, m
 
@@ -88,12 +88,18 @@ def test_mobilenet_v2_is_really_pretrained(mnv2, mnv2_photos):
     assert confident >= 0.25
 
 
-def test_efficientnet_lite1_is_really_pretrained():
+def test_efficientnet_lite1_is_pretrained_and_ships_as_int8_onnx(tmp_path):
+    """The second real model (its forward flattens with x.view(bs, -1)) through ORT int8 QDQ (the
+    .pte int8 path is in benchmarks/real_models.py: too slow for this tier)."""
     lite1 = pretrained("efficientnet-lite1")
-    splits = load_photos(SIZE, 1, 15, seed=0, preprocess=pretrained_spec("efficientnet-lite1").preprocess)
+    splits = load_photos(SIZE, 16, 24, seed=0, preprocess=pretrained_spec("efficientnet-lite1").preprocess)
     cat_share, confident = cat_and_confident_shares(lite1, splits)
     print(f"efficientnet-lite1 eager: chelsea crops to a cat class {cat_share:.2f}, confident crops {confident:.2f}")
     assert cat_share >= 0.8
+    built, m = build_and_bench(lite1, splits, "x86-64-int8-ort", [], tmp_path, name="lite1")
+    agreement = built.report["artifact"]["agreement"]
+    print(f"efficientnet-lite1 x86-64-int8-ort: {agreement}, p50 {m.p50_ms:.2f} ms")
+    assert m.reference_passed and agreement["top1_match"] > 0.3
 
 
 @pytest.mark.parametrize("recipe_name,extra", [("x86-64-fp32", []), ("x86-64-fp32", FP32_ORT)], ids=["pte", "onnx"])
