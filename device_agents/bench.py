@@ -6,6 +6,7 @@ kills the whole process group at the wall-clock deadline. Child side (`child_mai
 imports the runtime, then caps its own address space and CPU time relative to what the import
 used (torch alone maps ~3.5 GB), re-hashes the model bytes it is about to parse, loads, checks
 the reference output, warms up and times. Every figure in the result is one it measured.
+A .pte may instead run in the native runner (device_agents.native) under the same sandbox.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import os
 import resource
 import signal
 import subprocess
+import shutil
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 
-from device_agents import runtimes
+from device_agents import native, runtimes
 from device_agents.bundle import file_path
 from device_agents.errors import AgentError, as_agent_error
 from device_agents.protocol import ProtocolError, parse_reply, reply
@@ -51,6 +53,8 @@ class BenchOptions:
     power_interval_s: float | None = None
     cooldown_c: float | None = None  # wait until the hottest zone is this cool before the run
     cooldown_max_s: float = 120.0
+    pte_runtime: str = "auto"      # .pte: python (the bindings), native (the runner), auto (native when installed)
+    native_runner: str | None = None  # digest of the runner folder the host pushed (<home>/native/<digest>)
 
     @classmethod
     def parse(cls, raw: dict) -> "BenchOptions":
@@ -64,9 +68,9 @@ class BenchOptions:
         opts = cls()
         for key, value in raw.items():
             default = getattr(opts, key)
-            kind = type(default) if default is not None else {"cpus": list, "input_shape": list}.get(key, float)
+            kind = type(default) if default is not None else {"cpus": list, "input_shape": list, "native_runner": str}.get(key, float)
             ok = (value is None and default is None) or (
-                kind is bool and isinstance(value, bool)) or (
+                kind is bool and isinstance(value, bool)) or (kind is str and isinstance(value, str)) or (
                 kind is int and isinstance(value, int) and not isinstance(value, bool)) or (
                 kind is float and isinstance(value, (int, float)) and not isinstance(value, bool)) or (
                 kind is list and isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value))
@@ -89,6 +93,7 @@ class BenchOptions:
             usable = sorted(os.sched_getaffinity(0))
             if not opts.cpus or not set(opts.cpus) <= set(usable):
                 raise AgentError("bad_option", f"cpus {opts.cpus} are not all usable here; usable CPUs: {usable}")
+        native.check_options(opts.pte_runtime, opts.native_runner)
         if opts.power:
             opts.min_time_s = max(opts.min_time_s, opts.power_min_window_s)
         return opts
@@ -99,6 +104,8 @@ class BenchOptions:
 def _preexec(opts: BenchOptions):
     def apply():
         os.setsid()  # own process group: the deadline kills the child and anything it started
+        from device_agents.liveness import die_with_parent  # issue 17: the child dies with the agent
+        die_with_parent()
         resource.setrlimit(resource.RLIMIT_NOFILE, (opts.max_open_files, opts.max_open_files))
         fs = opts.max_file_mb * 1024 * 1024  # the child writes only its stderr log
         resource.setrlimit(resource.RLIMIT_FSIZE, (fs, fs))
@@ -114,35 +121,54 @@ def _tail(f) -> str:
 
 
 def run_in_child(bundle: str, manifest: dict, opts: BenchOptions) -> dict:
-    """Run the benchmark in a sandboxed child; every failure comes back as an AgentError."""
+    """Run the benchmark in a sandboxed child (the Python child, or for a .pte the native runner when
+    installed and wanted: device_agents.native); every failure comes back as an AgentError."""
+    runner = native.choose(manifest, opts)
     env = dict(os.environ)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(opts.threads)  # read once when torch/numpy load, before any code of ours runs
     payload = json.dumps({"bundle": bundle, "manifest": manifest, "opts": asdict(opts)}).encode()
-    with tempfile.TemporaryFile() as err:
-        start = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "device_agents.bench"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=err, env=env, preexec_fn=_preexec(opts))
-        try:
-            out, _ = proc.communicate(payload, timeout=opts.deadline_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise AgentError("deadline", f"the model did not finish within deadline_s={opts.deadline_s:g} s "
-                                         f"(import, load and runs); it was killed")
-        elapsed = time.monotonic() - start
-        tail = _tail(err)
+    cmd, preexec, out_dir = [sys.executable, "-m", "device_agents.bench"], _preexec(opts), None
+    if runner is not None:
+        out_dir = tempfile.mkdtemp(prefix="edgekit-native-")  # the runner writes its outputs here
+        cmd, payload, sandbox = native.command(runner, bundle, manifest, opts, out_dir), b"", preexec
+
+        def preexec():  # the same sandbox; CPUs pinned here, as the Python child pins its own
+            sandbox()
+            if opts.cpus:
+                os.sched_setaffinity(0, opts.cpus)
     try:
-        doc = parse_reply(out)
-    except ProtocolError:
-        doc = None  # no envelope: the exit status and stderr tell what happened
+        with tempfile.TemporaryFile() as err:
+            start = time.monotonic()
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env,
+                                    preexec_fn=preexec)
+            try:
+                out, _ = proc.communicate(payload, timeout=opts.deadline_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise AgentError("deadline", f"the model did not finish within deadline_s={opts.deadline_s:g} s "
+                                             f"(import, load and runs); it was killed")
+            elapsed = time.monotonic() - start
+            tail, detail = _tail(err), native.error_detail(err) if runner is not None else ""
+    finally:
+        if out_dir is not None:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    if runner is not None:
+        doc = native.parse(out)
+    else:
+        try:
+            doc = parse_reply(out)
+        except ProtocolError:
+            doc = None  # no envelope: the exit status and stderr tell what happened
     if doc is not None and doc.get("ok") is True and proc.returncode == 0:
         doc["result"]["child_wall_s"] = elapsed
-        return doc["result"]
+        return native.finish(doc["result"], runner) if runner is not None else doc["result"]
     if doc is not None and doc.get("ok") is False:
-        raise AgentError(doc["error"]["code"], doc["error"]["message"])
+        msg = doc["error"]["message"] + (f": {detail}" if detail else "")  # ExecuTorch's own reason
+        raise AgentError(doc["error"]["code"], msg)
     rc = proc.returncode
     if rc in (-signal.SIGXCPU, -signal.SIGKILL) and elapsed < opts.deadline_s:
         what = "CPU time (max_cpu_s)" if rc == -signal.SIGXCPU else "memory or CPU time"
@@ -305,6 +331,7 @@ def run(bundle: str, manifest: dict, opts: BenchOptions) -> dict:
     tasks = os.listdir("/proc/self/task")
     return {
         "runtime": runtime,
+        **({"pte_runtime": "python"} if runtime == "executorch" else {}),
         "threads": opts.threads,
         "runtime_threads": model.threads,
         "process_threads": len(tasks),

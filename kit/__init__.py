@@ -38,6 +38,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
                     "SshDevice", "import_ansible"),
     "kit.fleet": ("RolloutOptions", "RolloutResult", "rollout", "fleet_status", "rollback_group"),
     "kit.fleet.group": ("Group", "GroupResult"),
+    "kit.native": ("build_runner",),
     # results
     "kit.results": ("ResultsStore", "compare", "check_against_baseline", "export", "twin_speedups", "write_report",
                     "write_store_report"),

@@ -76,11 +76,12 @@ def test_onnx_bundle_bench_on_aarch64_passes_the_reference_check(pi_device, sign
 
 
 def test_pte_bundle_says_what_the_device_lacks(pi_device, signed_bundles):
-    """No ExecuTorch on the emulated Pi: its aarch64 pybindings link PyPI's CUDA build of libtorch."""
+    """Without the native runner (pte_runtime="python"): no ExecuTorch pybindings on the emulated Pi
+    (its aarch64 pybindings link PyPI's CUDA build of libtorch)."""
     from kit.devices.bench import BenchOptions, bench
 
     with pytest.raises(EdgeKitError, match=r"runtime_missing.*executorch"):
-        bench(pi_device, signed_bundles["executorch"], BenchOptions(runs=2, warmup=0, deadline_s=300))
+        bench(pi_device, signed_bundles["executorch"], BenchOptions(runs=2, warmup=0, deadline_s=300, pte_runtime="python"))
 
 
 def test_a_tampered_bundle_is_refused_on_aarch64(pi_device, signed_bundles, tmp_path):

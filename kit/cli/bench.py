@@ -68,6 +68,9 @@ def register(app: typer.Typer) -> None:
         inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help="Inventory YAML (default: <config dir>/devices.yaml)."),
         results: Optional[Path] = typer.Option(None, help="Results store (default: $EDGEKIT_RESULTS or <config dir>/results.db)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
+        pte_runtime: str = typer.Option("auto", "--pte-runtime", help="For .pte bundles: native (the C++ runner the kit "
+                                        "builds and pushes; no torch on the device), python (ExecuTorch's Python "
+                                        "bindings), auto (native when it can be built and pushed, else python)."),
     ):
         """Push BUNDLE to a device, measure it with the device agent and store the figures."""
         from kit.config import results_path
@@ -76,9 +79,11 @@ def register(app: typer.Typer) -> None:
         from kit.pipeline.measure import measure, open_device
         from kit.results.store import ResultsStore
 
+        if pte_runtime not in ("python", "native", "auto"):
+            raise typer.BadParameter(f"{pte_runtime!r} is not one of python, native, auto", param_hint="--pte-runtime")
         b = Bundle.load(bundle)
         path = Path(results) if results else results_path()
-        options = BenchOptions(runs=runs, warmup=warmup, threads=threads, deadline_s=deadline_s)
+        options = BenchOptions(runs=runs, warmup=warmup, threads=threads, deadline_s=deadline_s, pte_runtime=pte_runtime)
         with progress_bars() as (progress, step):
             step(f"connecting to {device}")
             with open_device(device, inventory) as dev, ResultsStore(path) as store:
@@ -91,7 +96,10 @@ def register(app: typer.Typer) -> None:
                 raise RegressionFound(_regression_message(v))
             return
         m = out.measurement
-        stdout.print(_measurement_table(m, f"{m.model_name or bundle.name} on {m.device} ({m.runtime}, {m.threads} thread(s))"))
+        rt = m.runtime + (f" via the {m.raw['pte_runtime']} runtime" if m.raw.get("pte_runtime") else "")
+        stdout.print(_measurement_table(m, f"{m.model_name or bundle.name} on {m.device} ({rt}, {m.threads} thread(s))"))
+        if m.raw.get("native_runner_skipped"):
+            stdout.print(f"[yellow]native runner not used: {escape(m.raw['native_runner_skipped'])}")
         power = m.power or {}
         stdout.print(f"power: {power.get('mean_w', '')} W" if power.get("available") else f"power: n/a ({power.get('reason', '')})")
         stdout.print(f"stored as run {out.run_id} (measurement {out.measurement_id}) in {path}")

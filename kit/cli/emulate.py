@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from kit.cli._ui import console, print_json, stdout
+from kit.errors import EdgeKitError
 
 
 def _log_progress(label: str, done: int, total: int) -> None:
@@ -39,14 +40,17 @@ def register(app: typer.Typer) -> None:
                                                   help="Slow-device profile: share of one core (cgroup cpu quota), e.g. 0.25."),
         inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help="Inventory file (default: the kit's devices.yaml)."),
         no_register: bool = typer.Option(False, "--no-register", help="Do not add the device to an inventory."),
+        board: str = typer.Option("pi5", "--board", help="pi5 (qemu cpu cortex-a76) or pi4 (cortex-a72)."),
         trust: Optional[List[Path]] = typer.Option(None, "--trust",
                                                    help="Public key(s) the device agent accepts (default: the kit's signing key)."),
     ):
         """Start the emulated Pi: its own aarch64 sshd on a free 127.0.0.1 port, registered with emulated: true."""
         from kit.testbed.pi import start_pi
 
+        if board not in ("pi4", "pi5"):
+            raise EdgeKitError(f"--board {board!r}: choose pi4 or pi5")
         p = start_pi(name, cpu_quota=cpu_quota, inventory=inventory, register=not no_register,
-                     trusted_keys=trust, progress=_log_progress)
+                     trusted_keys=trust, progress=_log_progress, board=board)
         stdout.print(f"{p.name}: root@127.0.0.1:{p.port} (sshd up in {p.start_s:.1f} s, pid {p.pid})")
         stdout.print(f"key:         {p.client_key}")
         stdout.print(f"known_hosts: {p.known_hosts}")

@@ -26,6 +26,7 @@ class BenchOptions:
     cpus: list[int] | None = None  # pin the model to these cores (big.LITTLE: the cores decide the result)
     idle_s: float | None = None  # idle power measured this long before the run (with power)
     cooldown_c: float | None = None  # wait until the SoC is this cool before timing
+    pte_runtime: str = "auto"  # .pte: native (the runner, pushed once), python (the bindings), auto (native if possible)
 
     def to_agent_opts(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -62,10 +63,21 @@ def bench(device: Device, bundle: Bundle, options: BenchOptions | None = None) -
     """Measure `bundle` on `device` (any kit.devices.base.Device) with the device agent.
     Raises AgentRefused (its code: hash_mismatch, bad_signature, ...) when the agent says no."""
     options = options or BenchOptions()
+    opts = options.to_agent_opts()
+    skipped = None
+    if bundle.manifest.get("runtime", {}).get("name") == "executorch":
+        from kit.devices.native import ensure_runner
+
+        digest, skipped = ensure_runner(device, options.pte_runtime)
+        if digest:
+            opts["native_runner"] = digest
+    else:
+        opts.pop("pte_runtime", None)  # only .pte bundles have a choice (older agents know no such option)
     remote = device.stage_bundle(bundle.path)
-    doc = device.run_agent(["bench", "--bundle", remote, "--opts", json.dumps(options.to_agent_opts())],
-                           timeout=options.deadline_s + 120)
+    doc = device.run_agent(["bench", "--bundle", remote, "--opts", json.dumps(opts)], timeout=options.deadline_s + 120)
     r = result_of(device.name, f"bench of {bundle.path.name}", doc)
+    if skipped:
+        r["native_runner_skipped"] = skipped
     lat = r["latency"]
     return Measurement(
         device=device.name, bundle_id=r["bundle_id"], model_name=r.get("model_name") or "", runtime=r["runtime"],

@@ -38,7 +38,12 @@ PrintMotd no
 Subsystem sftp internal-sftp
 MaxStartups 100:30:200
 LoginGraceTime 120
+SetEnv QEMU_CPU={cpu}
 """
+# qemu-user emulates `-cpu max` (every ARM feature it knows) unless told otherwise, and XNNPACK then
+# picks kernels no Pi has (an int8 .pte gave wrong logits under `max`): emulate the board's own core.
+# QEMU_CPU reaches every emulated process: sshd is started with it, SetEnv gives it to each session.
+BOARD_CPUS = {"pi4": "cortex-a72", "pi5": "cortex-a76"}
 # The namespace's first process: mount the overlay and /proc (never /sys, see kit.testbed.pi),
 # then become the aarch64 sshd. Arguments are passed positionally, never pasted into the script.
 _NS_SCRIPT = (
@@ -52,7 +57,7 @@ def _keygen(path: Path, comment: str, what: str) -> None:
     run_tool(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)], f"ssh-keygen ({what})")
 
 
-def _prepare_layer(run: Path, name: str, keys: list[Path]) -> tuple[Path, Path, int]:
+def _prepare_layer(run: Path, name: str, keys: list[Path], cpu: str) -> tuple[Path, Path, int]:
     """The writable layer: trusted keys, sshd keys and config. Returns (client key, known_hosts, port)."""
     if run.exists():
         shutil.rmtree(run)
@@ -60,6 +65,12 @@ def _prepare_layer(run: Path, name: str, keys: list[Path]) -> tuple[Path, Path, 
     for d in (upper / SSHD_DIR, upper / "run/sshd", upper / "root/.edgekit/trusted_keys", run / "work", run / "merged"):
         d.mkdir(parents=True, exist_ok=True)
     os.chmod(upper / "root", 0o700)
+    # No sysfs is mounted (see kit.testbed.pi), but XNNPACK's cpuinfo needs the CPU lists to start at
+    # all (the native .pte runner): plain files in the writable layer give it the two it parses first.
+    cpu_dir = upper / "sys/devices/system/cpu"
+    cpu_dir.mkdir(parents=True, exist_ok=True)
+    for f in ("possible", "present", "online"):
+        (cpu_dir / f).write_text(f"0-{max(1, os.cpu_count() or 1) - 1}\n")
     for k in keys:
         shutil.copyfile(k, upper / "root/.edgekit/trusted_keys" / k.name)
     _keygen(upper / SSHD_DIR / "host_ed25519", f"{name}-host", "host key")
@@ -67,7 +78,7 @@ def _prepare_layer(run: Path, name: str, keys: list[Path]) -> tuple[Path, Path, 
     _keygen(client, f"edgekit@{name}", "client key")
     shutil.copyfile(f"{client}.pub", upper / SSHD_DIR / "authorized_keys")
     port = free_port()
-    (upper / SSHD_DIR / "sshd_config").write_text(SSHD_CONFIG.format(port=port, sshd_dir=SSHD_DIR))
+    (upper / SSHD_DIR / "sshd_config").write_text(SSHD_CONFIG.format(port=port, sshd_dir=SSHD_DIR, cpu=cpu))
     host_pub = (upper / SSHD_DIR / "host_ed25519.pub").read_text().split()
     known_hosts = run / "known_hosts"
     known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
@@ -101,24 +112,26 @@ def _launch(pi: EmulatedPi, cg: Path | None) -> subprocess.Popen:
              SSHD_DIR],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=(lambda: join_cgroup(cg)) if cg is not None else None,
-            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "QEMU_CPU": pi.cpu or BOARD_CPUS["pi5"]})
 
 
 def start_pi(name: str = DEFAULT_NAME, *, recipe: PiRecipe | None = None, cpu_quota: float | None = None,
              inventory: str | Path | None = None, register: bool = True,
              trusted_keys: list[str | Path] | None = None, timeout: float = 180,
-             progress: ProgressFn = None) -> EmulatedPi:
+             progress: ProgressFn = None, board: str = "pi5") -> EmulatedPi:
     """Start the emulated Pi `name`: a fresh writable layer over the cached rootfs, its own sshd on a
     free 127.0.0.1 port, our signing key trusted by its agent, and an inventory entry (emulated: true).
 
     trusted_keys: public key files for <agent home>/trusted_keys (default: the kit's signing key(s),
     kit.devices.enrol.default_trusted_keys(), if any exist). inventory: file to register in (default:
-    the default inventory); register=False skips it.
+    the default inventory); register=False skips it. board: "pi5" (qemu -cpu cortex-a76) or "pi4" (cortex-a72).
     """
     from kit.devices import DeviceEntry, Inventory
     from kit.devices.enrol import default_trusted_keys
 
     DeviceEntry(name=name, host="127.0.0.1")  # validates the name before anything is made
+    if board not in BOARD_CPUS:
+        raise EdgeKitError(f"emulate-pi: board {board!r} is not one of {', '.join(BOARD_CPUS)}")
     require_tools()
     old = load_pi(name)
     if old is not None:
@@ -135,14 +148,15 @@ def start_pi(name: str = DEFAULT_NAME, *, recipe: PiRecipe | None = None, cpu_qu
         if not k.exists():
             raise EdgeKitError(f"emulate-pi: trusted key {k} does not exist; run 'edgekit keys init' or pass another")
     run = runs_dir() / name
-    client, known_hosts, port = _prepare_layer(run, name, keys)
+    client, known_hosts, port = _prepare_layer(run, name, keys, BOARD_CPUS[board])
 
     binfmt_setup(os.getpid())  # held by this process until the namespace's PID takes over below
     try:
         cg = make_cgroup(name, cpu_quota) if cpu_quota else None
         pi = EmulatedPi(name=name, port=port, pid=0, run_dir=str(run), rootfs=str(rootfs.path),
                         rootfs_key=rootfs.key, client_key=str(client), known_hosts=str(known_hosts), start_s=0.0,
-                        cpu_quota=cpu_quota, cgroup=str(cg) if cg else None, trusted_keys=[str(k) for k in keys])
+                        cpu_quota=cpu_quota, cgroup=str(cg) if cg else None, trusted_keys=[str(k) for k in keys],
+                        board=board, cpu=BOARD_CPUS[board])
         report(progress, f"starting sshd on 127.0.0.1:{port}", 0, 1)
         t0 = time.monotonic()
         try:

@@ -27,6 +27,8 @@ class EmulatedPi:
     cgroup: str | None = None
     inventory: str | None = None
     trusted_keys: list[str] = field(default_factory=list)
+    board: str = "pi5"
+    cpu: str | None = None    # the qemu CPU model every process of the device runs on (QEMU_CPU)
 
     def entry(self):
         """The inventory entry the kit connects with (kit.devices.DeviceEntry)."""
@@ -35,7 +37,8 @@ class EmulatedPi:
         return DeviceEntry(name=self.name, host="127.0.0.1", port=self.port, user="root", key=self.client_key,
                            kind="rpi-emulated", python="python3", home="~/.edgekit", groups=["emulated"],
                            vars={"rootfs": self.rootfs_key, "cpu_quota": self.cpu_quota,
-                                 "emulator": "qemu-aarch64-static (user mode)"},
+                                 "emulator": "qemu-aarch64-static (user mode)",
+                                 "board": self.board, "qemu_cpu": self.cpu},
                            emulated=True, known_hosts=self.known_hosts)
 
     def to_dict(self) -> dict:
