@@ -3,8 +3,8 @@ with their real ImageNet weights (offline weight packages, kit.models.pretrained
 the bundled photos (kit.photos: 64 calibration crops from some photos, 200 test crops from
 others, 224x224), each built by the shipped recipes and timed by the device agent on `local`:
 
-- .pte: x86-64-fp32 vs x86-64-int8 (PT2E, XNNPACK quantizer, per-channel, MinMax observers)
-- .onnx: x86-64-fp32 with runtime=onnxruntime vs x86-64-int8-ort (ORT QDQ, per-channel, MinMax, u8)
+- .pte: x86-64-fp32 vs x86-64-int8 naive (MinMax, no correction) vs x86-64-int8 as shipped (the kit's best)
+- .onnx: x86-64-fp32 with runtime=onnxruntime vs x86-64-int8-ort naive vs as shipped (ORT QDQ, per-channel, u8)
 
 Per model and runtime: agreement with eager fp32 on all test crops and on the confident ones
 (fp32 top-1 probability > 0.5), output SQNR, file size, p50 latency fp32 vs int8 side by side
@@ -30,6 +30,23 @@ from _common import cpu_facts, emit  # noqa: E402
 
 RUNTIMES = {"pte": ("x86-64-fp32", [], "x86-64-int8"),
             "onnx": ("x86-64-fp32", ["runtime=onnxruntime", "format=onnx"], "x86-64-int8-ort")}
+# the naive baseline: the same int8 recipe with plain MinMax ranges and no weight/bias correction
+NAIVE = {"pte": ["compress.0.observer=minmax", "compress.0.bias_correction=false"],
+         "onnx": ["compress.0.calibration=MinMax", "compress.0.bias_correction=false"]}
+
+
+def find_key(doc, key):
+    """First value of `key` anywhere in a nested report (the quantize step's info)."""
+    if isinstance(doc, dict):
+        if key in doc:
+            return doc[key]
+        doc = list(doc.values())
+    if isinstance(doc, list):
+        for v in doc:
+            found = find_key(v, key)
+            if found is not None:
+                return found
+    return None
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -45,7 +62,7 @@ def one(model, splits, fp32_logits, recipe_name, extra, size, threads, out) -> d
     overrides = [f"input.image_size={size}", "input.channels=3", "budget.top1_drop=100", f"threads={threads}"]
     recipe = load_recipe(recipe_name, overrides=overrides + extra)
     t0 = time.perf_counter()
-    built = build(recipe, model, splits, out, name=recipe_name, cache=False)
+    built = build(recipe, model, splits, out, name=recipe_name, cache=False, override_budget=True)
     seconds = time.perf_counter() - t0
     art = built.report["artifact"]
     run = runner_for(art["file"], threads)
@@ -55,6 +72,8 @@ def one(model, splits, fp32_logits, recipe_name, extra, size, threads, out) -> d
     return {"bundle": str(built.bundle_path), "recipe": recipe_name, "overrides": extra, "file_bytes": art["bytes"], "compress_s": round(seconds, 1),
             "agreement": round(float(match.mean()), 4), "agreement_confident": round(float(match[confident].mean()), 4) if confident.any() else None,
             "kit_agreement": art["agreement"]["top1_match"], "sqnr_db": round(float(art["agreement"]["sqnr_db"]), 2),
+            "int8_macs_share": find_key(built.report, "int8_macs_share"),
+            "activation_ranges": (find_key(built.report, "activation_ranges") or {}).get("chosen"),
             }
 
 
@@ -65,7 +84,7 @@ def bench_side_by_side(row: dict, runs: int, threads: int, rounds: int) -> None:
     from kit.devices.local import LocalDevice
     from kit.package.bundle import Bundle
 
-    kinds = [k for k in ("fp32", "int8") if "bundle" in row.get(k, {})]
+    kinds = [k for k in ("fp32", "naive", "best") if "bundle" in row.get(k, {})]
     for _ in range(rounds):
         for kind in kinds:
             m = bench(LocalDevice(), Bundle.load(row[kind]["bundle"]), BenchOptions(runs=runs, warmup=5, threads=threads))
@@ -110,7 +129,8 @@ def main() -> None:
                      "confident_crops": int((softmax(fp32).max(1) > 0.5).sum()), "runtimes": {}}
             for rt, (fp32_recipe, extra, int8_recipe) in RUNTIMES.items():
                 row = {}
-                for kind, recipe_name, ov in (("fp32", fp32_recipe, extra), ("int8", int8_recipe, [])):
+                for kind, recipe_name, ov in (("fp32", fp32_recipe, extra), ("naive", int8_recipe, NAIVE[rt]),
+                                              ("best", int8_recipe, [])):
                     try:
                         row[kind] = one(model, splits, fp32, recipe_name, ov, args.size, args.threads,
                                         Path(tmp) / f"{name}-{rt}-{kind}")
@@ -118,9 +138,13 @@ def main() -> None:
                         row[kind] = {"recipe": recipe_name, "error": f"{type(e).__name__}: {e}"[:500],
                                      "where": traceback.format_exc().strip().splitlines()[-3:]}
                 bench_side_by_side(row, args.runs, args.threads, args.rounds)
-                if "p50_ms" in row.get("fp32", {}) and "p50_ms" in row.get("int8", {}):
-                    row["int8_speedup_vs_fp32"] = round(row["fp32"]["p50_ms"] / row["int8"]["p50_ms"], 3)
-                    row["int8_size_ratio"] = round(row["int8"]["file_bytes"] / row["fp32"]["file_bytes"], 3)
+                if all("p50_ms" in row.get(k, {}) for k in ("fp32", "naive", "best")):
+                    for k in ("naive", "best"):
+                        row[f"{k}_speedup_vs_fp32"] = round(row["fp32"]["p50_ms"] / row[k]["p50_ms"], 3)
+                        row[f"{k}_size_ratio"] = round(row[k]["file_bytes"] / row["fp32"]["file_bytes"], 3)
+                    row["best_latency_vs_naive"] = round(row["best"]["p50_ms"] / row["naive"]["p50_ms"], 3)
+                    row["best_sqnr_gain_db"] = round(row["best"]["sqnr_db"] - row["naive"]["sqnr_db"], 2)
+                    row["best_agreement_gain"] = round(row["best"]["agreement"] - row["naive"]["agreement"], 4)
                 entry["runtimes"][rt] = row
                 print(f"{name} {rt}: {row}", file=sys.stderr)
             doc["models"][name] = entry

@@ -3,9 +3,9 @@ photos, through build -> bundle -> the local device agent, on both runtimes.
 
 What must hold today: the weights are real (the cat photo's crops go to cat classes, confidently),
 the fp32 artifacts agree with eager torch, the int8 artifacts are built, run on the device with
-their reference check passed, and keep a sane share of top-1. The issue's int8 targets (90%
-agreement, 18 dB) are future work: the figures are printed, not asserted (benchmarks/real_models.py
-records them at full size).
+their reference check passed, and the shipped int8 recipes (ReLU6 fused, weights on their grid with
+bias correction, percentile ranges chosen per model) beat naive MinMax int8 by a clear SQNR margin
+with every MAC in int8. Full-size figures: benchmarks/real_models.py.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from kit.recipes.loader import load_recipe
 
 SIZE, N_CALIB, N_TEST = 160, 32, 42  # CI budget: ~3 CPU-minutes for the whole file
 CATS = range(281, 286)  # ImageNet's tabby, tiger cat, Persian, Siamese, Egyptian cat
-OVERRIDES = [f"input.image_size={SIZE}", "input.channels=3", "budget.top1_drop=100", "bench.runs=5", "bench.warmup=1"]
+OVERRIDES = [f"input.image_size={SIZE}", "input.channels=3", "budget.top1_drop=100", "budget.agreement=null", "bench.runs=5", "bench.warmup=1"]
 FP32_ORT = ["runtime=onnxruntime", "format=onnx"]
 
 
@@ -112,8 +112,17 @@ def test_fp32_artifact_agrees_with_eager(mnv2, mnv2_photos, recipe_name, extra, 
     assert m.reference_passed and m.p50_ms > 0
 
 
+NAIVE = {"x86-64-int8": ["compress.0.observer=minmax", "compress.0.bias_correction=false"],
+         "x86-64-int8-ort": ["compress.0.calibration=MinMax", "compress.0.bias_correction=false"]}
+
+
+def quantize_info(report: dict) -> dict:
+    return next(s["info"] for s in report["steps"] if "int8_macs_share" in s.get("info", {}))
+
+
 @pytest.mark.parametrize("recipe_name", ["x86-64-int8", "x86-64-int8-ort"])
 def test_int8_artifact_builds_runs_and_is_sane(mnv2, mnv2_photos, recipe_name, tmp_path):
+    naive, _ = build_and_bench(mnv2, mnv2_photos, recipe_name, NAIVE[recipe_name], tmp_path / "naive")
     built, m = build_and_bench(mnv2, mnv2_photos, recipe_name, [], tmp_path)
     art = built.report["artifact"]
     fp32 = eager(mnv2, mnv2_photos.test.x)
@@ -129,4 +138,10 @@ def test_int8_artifact_builds_runs_and_is_sane(mnv2, mnv2_photos, recipe_name, t
     assert abs(art["agreement"]["top1_match"] - match.mean()) < 1e-9  # the kit's figure is the artifact's
     assert art["bytes"] < 5_000_000  # int8 weights: ~3.5M parameters, not 14 MB of float
     assert m.reference_passed
-    assert match.mean() > 0.3 and art["agreement"]["sqnr_db"] > 3
+    naive_sqnr = naive.report["artifact"]["agreement"]["sqnr_db"]
+    info = quantize_info(built.report)
+    print(f"  naive MinMax: SQNR {naive_sqnr:.1f} dB, agreement {naive.report['artifact']['agreement']['top1_match']:.3f}; "
+          f"shipped ranges {info.get('activation_ranges', {}).get('chosen')}")
+    assert art["agreement"]["sqnr_db"] > naive_sqnr + 2.0  # measured at 224 px: +7 dB (.pte), +3.8 dB (.onnx)
+    assert match.mean() > 0.75
+    assert info["int8_macs_share"] >= 0.95 and info["weight_correction"]["bias_corrected"] > 40

@@ -10,17 +10,52 @@ import typer
 from kit.cli._ui import progress_bars, stdout
 
 
+def _db(value) -> str:
+    value = float(value)  # a JSON report may hold "inf" (identical outputs)
+    return "inf" if value == float("inf") else f"{value:.1f}"
+
+
+def budget_overrides(top1_drop, agreement, sqnr_db, metric, metric_drop) -> list[str]:
+    """The --budget-* / --metric flags as recipe overrides (budget.<field>=value); a bad --metric
+    spec (module missing, not callable) is one line naming it, before any work."""
+    sets = [f"budget.{k}={v}" for k, v in (("top1_drop", top1_drop), ("agreement", agreement), ("sqnr_db", sqnr_db),
+                                           ("metric_drop", metric_drop)) if v is not None]
+    if metric is not None:
+        from kit.compress.gate import load_metric
+        from kit.errors import EdgeKitError
+
+        load_metric(metric)
+        if metric_drop is None:
+            raise EdgeKitError(f"--metric {metric}: give --budget-metric-drop too (the largest drop allowed, in the "
+                               "metric's own units; higher is better)")
+        sets.append(f"budget.metric={metric}")
+    return sets
+
+
+def gate_lines(gate: dict) -> list[str]:
+    """The gate's basis and each check with its unit, for the summary under the table."""
+    lines = [f"gate:    basis {gate['basis']} ({'labelled data' if gate.get('labelled') else 'no labels'}, "
+             f"{gate.get('samples')} inputs)"]
+    for c in gate.get("checks") or []:
+        limit = f"{100 * c['limit']:.2f}%" if c["unit"] == "share" else f"{c['limit']:g} {c['unit']}"
+        value = f"{100 * float(c['value']):.2f}%" if c["unit"] == "share" else f"{float(c['value']):.4g} {c['unit']}"
+        lines.append(f"  {'ok  ' if c['passed'] else 'FAIL'} {c['metric']}: {value} "
+                     f"({'floor' if c['bound'] == 'min' else 'budget'} {limit}, from {c['field']})")
+    return lines
+
+
 def _table(title: str, report: dict):
     """Original, each step, the artifact: top-1, agreement, MACs, params, size."""
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("stage", "top-1", "agree", "MACs", "params", "size"):
+    for col in ("stage", "top-1", "agree", "SQNR dB", "MACs", "params", "size"):
         table.add_column(col, justify="left" if col == "stage" else "right")
 
     def row(label, m, size_text=""):
         table.add_row(label, "" if "top1" not in m else f"{100 * m['top1']:.2f}%",
                       f"{100 * m['agreement']['top1_match']:.1f}%" if "agreement" in m else "",
+                      _db(m["agreement"]["sqnr_db"]) if "agreement" in m and m is not report["baseline"] else "",
                       "" if m.get("macs") is None else f"{m['macs'] / 1e6:.2f}M",
                       "" if m.get("param_count") is None else f"{m['param_count'] / 1e3:.1f}k", size_text)
 
@@ -51,6 +86,15 @@ def register(app: typer.Typer) -> None:
         crop_fraction: Optional[float] = typer.Option(None, "--crop-fraction", help="shorter_crop: the crop's share of the resized side (default 0.875)."),
         channel_order: Optional[str] = typer.Option(None, "--channel-order", help="rgb | bgr (default rgb)."),
         eval_samples: Optional[int] = typer.Option(None, "--eval-samples", min=1, help="Evaluate on the first N test samples."),
+        budget_top1_drop: Optional[float] = typer.Option(None, "--budget-top1-drop", min=0.0, max=100.0,
+                                                         help="Max top-1 drop, percentage points (labelled data); sets budget.top1_drop."),
+        budget_agreement: Optional[float] = typer.Option(None, "--budget-agreement", min=0.0, max=1.0,
+                                                         help="Floor on agreement with the original: share 0..1 of inputs whose top-1 is unchanged (e.g. 0.90); sets budget.agreement."),
+        budget_sqnr_db: Optional[float] = typer.Option(None, "--budget-sqnr-db",
+                                                       help="Floor on the output SQNR vs the original, dB (e.g. 18); sets budget.sqnr_db."),
+        metric: Optional[str] = typer.Option(None, "--metric", help="User metric pkg.module:fn(outputs, labels) -> float, higher is better; replaces top-1 (with --budget-metric-drop)."),
+        budget_metric_drop: Optional[float] = typer.Option(None, "--budget-metric-drop", min=0.0,
+                                                           help="Max drop of --metric vs the original, in the metric's own units."),
         override_budget: bool = typer.Option(False, "--override-budget", help="Package even if the accuracy budget is exceeded."),
         name: str = typer.Option("model", "--name", help="Model name recorded in the bundle."),
         cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse an identical earlier run (same model, recipe, data, key)."),
@@ -65,6 +109,7 @@ def register(app: typer.Typer) -> None:
         sizes = [s for s in set_ if s.split("=", 1)[0].strip() == "input.image_size"]
         if image_size is not None and sizes and sizes[-1].split("=", 1)[1].strip() != str(image_size):
             raise EdgeKitError(f"--image-size {image_size} and --set {sizes[-1]} disagree; give one of them")
+        set_ = [*set_, *budget_overrides(budget_top1_drop, budget_agreement, budget_sqnr_db, metric, budget_metric_drop)]
         rec = load_recipe(recipe, [*set_, f"input.image_size={image_size}"] if image_size is not None else set_)
         pre, source = resolve(cli_spec(preprocess, mean, std, resize, crop_fraction, channel_order),
                               rec.input.preprocessing(), model)
@@ -83,7 +128,10 @@ def register(app: typer.Typer) -> None:
                                    override_budget=override_budget, name=name, progress=progress, eval_samples=eval_samples,
                                    cache=cache)
         stdout.print(_table(f"edgekit compress: {rec.name}", outcome.report))
-        stdout.print(outcome.report["artifact_gate"]["message"] + (" (overridden)" if not outcome.gate_passed else ""))
+        stdout.print(outcome.report["artifact_gate"]["message"] + (" (overridden)" if not outcome.gate_passed else ""),
+                     soft_wrap=True, highlight=False)
+        for line in gate_lines(outcome.report["artifact_gate"]):
+            stdout.print(line, soft_wrap=True, highlight=False)
         stdout.print(f"input:   {pre.label} preprocessing, {source}", highlight=False)
         stdout.print(f"bundle:  {outcome.bundle_path}")
         stdout.print(f"report:  {outcome.report_path}")

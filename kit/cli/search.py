@@ -37,16 +37,34 @@ def _write_json(path: Path, doc: dict) -> None:
     tmp.replace(path)
 
 
-def _search_table(result, budget_top1_drop: float) -> Table:
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _db(value) -> str:
+    return "-" if value is None else ("inf" if value == float("inf") else f"{value:.1f}")
+
+
+def budget_text(top1_drop: float | None, agreement: float | None, sqnr_db: float | None) -> str:
+    """The search's budget with its units, e.g. 'agreement >= 90.00% of inputs, SQNR >= 18 dB'."""
+    parts = [f"agreement >= {100 * agreement:.2f}% of inputs" if agreement is not None else "",
+             f"SQNR >= {sqnr_db:g} dB" if sqnr_db is not None else "",
+             f"top-1 drop <= {top1_drop:g} pt (labelled data)" if top1_drop is not None else ""]
+    return ", ".join(p for p in parts if p) or "each recipe's own budget"
+
+
+def _search_table(result, budget_top1_drop: float | None = None) -> Table:
     base = "" if result.baseline_accuracy is None else f", original top-1 {100 * result.baseline_accuracy:.2f}%"
     table = Table(title=f"Recipe search on '{result.device}': {len(result.candidates)} candidates, "
                         f"{result.measured} measured, {result.reused} reused{base}")
-    for col in ("recipe", "runtime", "top-1", "drop pt", "size KiB", "p50 ms", "p99 ms", "energy mJ", "front", "note"):
+    for col in ("recipe", "runtime", "top-1", "drop pt", "agree", "SQNR dB", "int8 MACs", "size KiB", "p50 ms", "p99 ms",
+                "energy mJ", "front", "note"):
         table.add_column(col, justify="left" if col in ("recipe", "runtime", "note") else "right")
     for c in sorted(result.candidates, key=lambda c: (not c.on_front, c.p50_ms or 1e9)):
         mark = "[bold green]chosen" if c.chosen else ("yes" if c.on_front else "")
         note = c.error or c.why_not or ("reused" if c.reused else "")
         table.add_row(c.recipe, f"{c.runtime}/{c.format}", _fmt(c.accuracy, ".2%"), _fmt(c.top1_drop, ".2f"),
+                      _pct(c.agreement), _db(c.sqnr_db), _pct(c.int8_macs_share),
                       _fmt(c.size_bytes, ".0f", 1 / 1024), _fmt(c.p50_ms), _fmt(c.p99_ms), _fmt(c.energy_mj, ".2f"),
                       mark, note)
     return table
@@ -71,7 +89,11 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Argument(..., help="Model: torchvision:NAME, module:callable or a checkpoint file."),
         device: str = typer.Option("local", "--device", "-d", help="Device name from the inventory, or 'local'."),
         data: str = typer.Option("digits", "--data", help="'digits', an .npz file or an image folder."),
-        budget_top1_drop: float = typer.Option(1.0, "--budget-top1-drop", min=0.0, help="Max top-1 drop (points)."),
+        budget_top1_drop: Optional[float] = typer.Option(None, "--budget-top1-drop", min=0.0, max=100.0,
+                                                         help="Max top-1 drop, percentage points (labelled data; default: each recipe's)."),
+        budget_agreement: Optional[float] = typer.Option(None, "--budget-agreement", min=0.0, max=1.0,
+                                                         help="Floor on agreement with the original: share 0..1 of inputs whose top-1 is unchanged (e.g. 0.90)."),
+        budget_sqnr_db: Optional[float] = typer.Option(None, "--budget-sqnr-db", help="Floor on the output SQNR vs the original, dB (e.g. 18)."),
         recipe: List[str] = typer.Option([], "--recipe", "-r", help="Candidate recipe (repeat); default: all for the device's kind."),
         set_: List[str] = typer.Option([], "--set", help="Override a field in every candidate: key=value."),
         quick: bool = typer.Option(False, "--quick", help="Use each recipe's smoke overrides (small inputs, short training)."),
@@ -95,16 +117,18 @@ def register(app: typer.Typer) -> None:
                           else candidates_for(device_kind(dev), set_, quick))
             with progress_bars() as (progress, step):
                 result = search(net, data, dev, candidates, store=store, out_dir=out / "bundles",
-                                budget_top1_drop=budget_top1_drop, teacher=teacher_net, model_name=_model_name(model),
+                                budget_top1_drop=budget_top1_drop, budget_agreement=budget_agreement,
+                                budget_sqnr_db=budget_sqnr_db, teacher=teacher_net, model_name=_model_name(model),
                                 progress=progress, step=step)
         out.mkdir(parents=True, exist_ok=True)
         plot = plot_front(result, out / "front.png")
         _write_json(out / "front.json", result.to_dict())
         stdout.print(_search_table(result, budget_top1_drop))
+        budget = budget_text(budget_top1_drop, budget_agreement, budget_sqnr_db)
         if result.chosen:
-            stdout.print(f"chosen: [bold]{result.chosen}[/bold] (fastest within -{budget_top1_drop:g} pt top-1)")
+            stdout.print(f"chosen: [bold]{result.chosen}[/bold] (fastest within {budget})", soft_wrap=True)
         else:
-            stdout.print(f"[red]no candidate is within the budget of -{budget_top1_drop:g} pt top-1[/red]")
+            stdout.print(f"[red]no candidate is within the budget ({budget})[/red]", soft_wrap=True)
         stdout.print(f"plot:   {plot}")
         stdout.print(f"front:  {out / 'front.json'}")
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from kit.compress.base import StepContext
 from kit.compress.checks import check_finite
-from kit.compress.gate import GateResult, judge
+from kit.compress.gate import GateResult, judge, load_metric, run_metric
 from kit.compress.prune import global_sparsity
 from kit.compress.quantize import QuantizedModel
 from kit.compress.registry import METHODS, parse_chain
@@ -59,11 +59,13 @@ def _outputs(model, data: Dataset) -> np.ndarray:
     return outputs(torch_predictor(model), data, 64 if batched else 1)
 
 
-def _measure(model, ref_out: np.ndarray, data: Dataset, input_shape) -> dict:
+def _measure(model, ref_out: np.ndarray, data: Dataset, input_shape, metric: str | None = None) -> dict:
     out = _outputs(model, data)
     result = {"agreement": agreement(ref_out, out).to_dict()}
     if data.y is not None:
         result["top1"] = round(top1(out, data.y), 4)
+    if metric:  # a user metric (budget.metric) on the same outputs
+        result["metric"] = {"name": metric, "value": run_metric(metric, out, data.y)}
     if isinstance(model, Path):
         result["size"] = {"onnx_bytes": file_size(model), "onnx_gzip_bytes": gzip_size(model)}
     else:
@@ -75,10 +77,16 @@ def _measure(model, ref_out: np.ndarray, data: Dataset, input_shape) -> dict:
     return result
 
 
-def run_chain(model: nn.Module, steps: list, splits: Splits, *, budget_top1_drop: float | None = None,
+def run_chain(model: nn.Module, steps: list, splits: Splits, *, budget_top1_drop: float | None = None, budget=None,
               teacher: nn.Module | None = None, runtime: str = "executorch", progress: ProgressFn = None,
               workdir: str | Path | None = None, eval_samples: int | None = None) -> ChainResult:
-    """Apply `steps` to a copy of `model`; evaluate each against the original on `splits.test`."""
+    """Apply `steps` to a copy of `model`; evaluate each against the original on `splits.test`.
+
+    The last step is gated on `budget` (a kit.recipes.schema.Budget: top-1 drop, agreement and SQNR
+    floors, a user metric; see kit.compress.gate) or, in the older spelling, `budget_top1_drop` (points)."""
+    metric = getattr(budget, "metric", None)
+    if metric:
+        load_metric(metric)  # a bad spec fails before any work
     configs = parse_chain(steps, runtime)
     if any(c.needs_calibration for c in configs) and (splits.calib is None or len(splits.calib) == 0):
         raise EdgeKitError("calibration set is empty; static int8 needs calibration samples (--data)")
@@ -93,20 +101,21 @@ def run_chain(model: nn.Module, steps: list, splits: Splits, *, budget_top1_drop
     ctx = StepContext(splits=splits, example=torch.zeros(input_shape), eval_data=eval_data, original=original,
                       teacher=teacher, workdir=workdir, progress=progress)
     ref_out = _outputs(original, eval_data)
-    baseline = _measure(original, ref_out, eval_data, input_shape)
+    baseline = _measure(original, ref_out, eval_data, input_shape, metric)
     current = copy.deepcopy(original)
     step_reports = []
     for i, cfg in enumerate(configs):
         t0 = time.time()
         result = cfg.apply(current, ctx)
         current, applied = result.model, result.config or cfg
-        measured = _measure(current, ref_out, eval_data, input_shape)
+        measured = _measure(current, ref_out, eval_data, input_shape, metric)
         step_reports.append({"step": i, "method": cfg.method, "params": applied.params(),
                              "seconds": round(time.time() - t0, 2), "info": result.info, **measured})
         report(progress, "compress", i + 1, len(configs))
-    gate = judge(baseline, step_reports[-1] if step_reports else baseline, budget_top1_drop)
+    gate = judge(baseline, step_reports[-1] if step_reports else baseline, budget if budget is not None else budget_top1_drop,
+                 samples=len(eval_data))
     full_report = {"runtime": runtime, "input_shape": list(input_shape), "data": splits.name,
                    "eval_samples": len(eval_data), "baseline": baseline, "steps": step_reports,
-                   "gate": {**gate.to_dict(), "message": gate.message}}
+                   "gate": gate.to_dict()}
     return ChainResult(model=current, report=full_report, gate_passed=gate.passed, gate=gate, baseline=baseline,
                        eval_data=eval_data, reference=ref_out)

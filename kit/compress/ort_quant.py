@@ -25,11 +25,12 @@ import numpy as np
 
 from kit.compress.base import Pass, StepContext, StepResult
 from kit.compress.checks import check_finite
+from kit.compress.ort_calibration import calibration_reader, graph_input_name, quantize_best
 from kit.data import Dataset
 from kit.errors import EdgeKitError
 from kit.progress import ProgressFn, report
 
-CALIBRATIONS = ("MinMax", "Entropy", "Percentile")
+CALIBRATIONS = ("auto", "MinMax", "Entropy", "Percentile")  # auto/Percentile: kit.compress.ort_calibration
 QTYPES = ("int8", "uint8", "int16", "uint16")
 X86_ARCHES = ("x86_64", "amd64", "x86-64", "i686", "x86")
 
@@ -50,13 +51,19 @@ class _OrtInt8(Pass):
     terminal = True
 
     def apply(self, model, ctx: StepContext) -> StepResult:
+        from kit.compress.int8_share import artifact_share
         from kit.evaluate import file_size
         from kit.package.onnx import export_onnx
 
+        model, info0 = self._prepare_model(model, ctx)
         fp32 = export_onnx(model, (ctx.example,), ctx.workdir / "model-fp32.onnx")
         cfg, info = self._quantize_file(fp32, ctx)
-        info["fp32_onnx_bytes"] = file_size(fp32)
+        info = {**info0, **info, "fp32_onnx_bytes": file_size(fp32)}
+        info.update(artifact_share(ctx.workdir / "model-int8.onnx"))
         return StepResult(ctx.workdir / "model-int8.onnx", info, cfg)
+
+    def _prepare_model(self, model, ctx: StepContext):
+        return model, {}
 
 
 @dataclass
@@ -64,9 +71,13 @@ class OrtInt8Static(_OrtInt8):
     needs_calibration = True
 
     per_channel: bool = True
-    calibration: str = "MinMax"  # MinMax | Entropy | Percentile
+    # auto: percentiles 99.9/99.99/99.999 and min/max from one calibration, best output SQNR on
+    # calibration inputs wins (kit.compress.ort_calibration) | Percentile | MinMax | Entropy
+    calibration: str = "auto"
     max_samples: int = 256
-    percentile: float = 99.999  # for calibration=Percentile
+    percentile: float = 99.99  # for calibration=Percentile: (100-p)% cut on each side, as for PT2E
+    bias_correction: bool = True  # weights on their int8 grid + bias correction, in torch before export
+    correction_samples: int = 64
     activation_type: str = "auto"  # auto (uint8 on x86-64, int8 on ARM) | int8 | uint8 | int16 | uint16
     weight_type: str = "int8"  # int8 | uint8
     weight_symmetric: bool = True
@@ -83,6 +94,20 @@ class OrtInt8Static(_OrtInt8):
                 raise EdgeKitError(f"ort_quantize {name}={value!r}: choose one of {', '.join(allowed)}")
         if self.max_samples < 1:
             raise EdgeKitError(f"ort_quantize max_samples={self.max_samples}: must be >= 1")
+        if not 50.0 < self.percentile <= 100.0:
+            raise EdgeKitError(f"ort_quantize percentile={self.percentile}: give a value in (50, 100], e.g. 99.99")
+
+    def _prepare_model(self, model, ctx: StepContext):
+        if not self.bias_correction:
+            return model, {}
+        if not self.per_channel:
+            return model, {"weight_correction": "skipped: per-tensor weights (a folded BatchNorm moves them off their grid)"}
+        from kit.compress.weight_correction import correct_weights
+
+        check_finite(ctx.splits.calib, "calibration data", self.max_samples)
+        corrected, info = correct_weights(model, ctx.splits.calib, per_channel=self.per_channel,
+                                          max_samples=self.correction_samples)
+        return corrected, {"weight_correction": info}
 
     def _quantize_file(self, fp32: Path, ctx: StepContext) -> tuple[Pass, dict]:
         pre = preprocess(fp32, ctx.workdir / "model-fp32-pre.onnx")
@@ -93,7 +118,13 @@ class OrtInt8Static(_OrtInt8):
             rows = ort_sensitivity(pre, ctx.splits.calib, ctx.eval_data, config=cfg, progress=ctx.progress)
             info["sensitivity"] = rows
             cfg = dataclasses.replace(cfg, nodes_to_exclude=[*cfg.nodes_to_exclude, *most_sensitive(rows, cfg.keep_float)])
-        quantize_onnx(pre, cfg, ctx.splits.calib, ctx.workdir / "model-int8.onnx", preprocessed=True)
+        out = ctx.workdir / "model-int8.onnx"
+        if cfg.calibration in ("auto", "Percentile"):
+            _check_nodes(pre, cfg.nodes_to_exclude, "ort_quantize nodes_to_exclude")
+            check_finite(ctx.splits.calib, "calibration data", cfg.max_samples)
+            info["activation_ranges"] = quantize_best(pre, cfg, ctx.splits.calib, out, quantize_onnx)
+        else:
+            quantize_onnx(pre, cfg, ctx.splits.calib, out, preprocessed=True)
         info["nodes_to_exclude"] = list(cfg.nodes_to_exclude)
         return cfg, info
 
@@ -139,24 +170,6 @@ def _check_nodes(model_path: Path, names, field_name: str) -> None:
         raise EdgeKitError(f"{field_name}: {model_path} has no node named {missing[0]!r} (see onnx.load(...).graph.node names)")
 
 
-def _reader(input_name: str, calib: Dataset, max_samples: int):
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self._it = (xb for xb, _ in calib.batches(1))
-            self._left = max_samples
-
-        def get_next(self):
-            if self._left <= 0:
-                return None
-            self._left -= 1
-            xb = next(self._it, None)
-            return None if xb is None else {input_name: np.ascontiguousarray(xb, dtype=np.float32)}
-
-    return Reader()
-
-
 def preprocess(model_path: str | Path, out_path: str | Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -184,13 +197,18 @@ def quantize_onnx(model_path: str | Path, config: OrtInt8Static, calib: Dataset,
         raise EdgeKitError(f"model file {model_path}: no such file")
     _check_nodes(model_path, config.nodes_to_exclude, "ort_quantize nodes_to_exclude")
     check_finite(calib, "calibration data", config.max_samples)
-    input_name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
+    if config.calibration == "auto" or (config.calibration == "Percentile" and calibration_cache is None):
+        with tempfile.TemporaryDirectory() as tmp:
+            pre = model_path if preprocessed else preprocess(model_path, Path(tmp) / "pre.onnx")
+            quantize_best(pre, config, calib, out_path, quantize_onnx, nodes_to_quantize=nodes_to_quantize)
+        return out_path
+    input_name = graph_input_name(model_path)
     activation = config.activation_type
     if activation == "auto":
         activation = auto_activation_type(target_arch)
     extra = {"WeightSymmetric": config.weight_symmetric}
     if config.calibration == "Percentile":
-        extra["CalibPercentile"] = config.percentile
+        extra["CalibPercentile"] = 2 * config.percentile - 100  # kit percentile -> ORT two-sided
     with tempfile.TemporaryDirectory() as tmp:
         pre = model_path if preprocessed else preprocess(model_path, Path(tmp) / "pre.onnx")
         tmp_out = out_path.with_name(out_path.stem + ".part.onnx")
@@ -198,7 +216,7 @@ def quantize_onnx(model_path: str | Path, config: OrtInt8Static, calib: Dataset,
         saved_level = root.level
         root.setLevel(max(saved_level, logging.ERROR))  # ORT logs per-node chatter on the root logger; restored below
         try:
-            _quantize_static(str(pre), str(tmp_out), _reader(input_name, calib, config.max_samples), quant_format=QuantFormat.QDQ,
+            _quantize_static(str(pre), str(tmp_out), calibration_reader(input_name, calib, config.max_samples), quant_format=QuantFormat.QDQ,
                             per_channel=config.per_channel, activation_type=_qtype(activation),
                             weight_type=_qtype(config.weight_type),
                             calibrate_method=getattr(CalibrationMethod, config.calibration),
@@ -241,7 +259,8 @@ def ort_sensitivity(onnx_path: str | Path, calib: Dataset, data: Dataset, *, con
     from kit.package.onnx import OrtRunner
 
     config = config or OrtInt8Static()
-    config = dataclasses.replace(config, nodes_to_exclude=[], max_samples=calib_samples, keep_float=0)
+    # the scan ranks nodes with one MinMax calibration shared through the cache: cheap and stable
+    config = dataclasses.replace(config, nodes_to_exclude=[], max_samples=calib_samples, keep_float=0, calibration="MinMax")
     data = head(data, eval_samples)
     nodes = [(n.name, n.op_type) for n in onnx.load(str(onnx_path), load_external_data=False).graph.node
              if n.op_type in ("Conv", "Gemm", "MatMul")]

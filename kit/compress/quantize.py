@@ -6,6 +6,12 @@ input it was traced with, ready for `package(..., target="executorch")`.
 
 Mixed precision: `skip_layers` names modules (e.g. "features.0") that stay in float; the XNNPACK
 quantizer's filter function leaves their ops unannotated, so XNNPACK runs them as fp32.
+
+What keeps a real model's accuracy (measured on the real MobileNetV2 and EfficientNet-Lite1, see
+benchmarks/real_models.py): Conv+ReLU6 quantized as one op (kit.compress.xnnpack_patterns), weights
+rounded to their grid with empirical bias correction (kit.compress.weight_correction), activation
+ranges by percentile, the percentile chosen per model (`observer: auto`, kit.compress.observers),
+and graph outputs never clipped.
 """
 
 from __future__ import annotations
@@ -26,7 +32,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-OBSERVERS = ("histogram", "minmax", "moving_average")
+OBSERVERS = ("auto", "percentile", "mse", "histogram", "minmax", "moving_average")
+# `auto` tries these (observer, percentile) on one calibration and keeps the best output SQNR
+AUTO_CANDIDATES = (("percentile", 99.9), ("percentile", 99.99), ("percentile", 99.999), ("minmax", 0.0))
 
 
 class _XnnpackInt8(Pass):
@@ -47,8 +55,12 @@ class _XnnpackInt8(Pass):
             info["sensitivity"] = rows
             cfg = dataclasses.replace(cfg, skip_layers=[*cfg.skip_layers, *most_sensitive(rows, cfg.keep_float)])
         quantized = quantize(model, cfg, calib, ctx.input_shape)
+        from kit.compress.int8_share import artifact_share
+
         info["skip_layers"] = list(cfg.skip_layers)
         info["quantized_ops"] = quantized.quantized_ops
+        info.update(quantized.details)
+        info.update(artifact_share(quantized))
         rows, skipped = layer_sqnr_report(quantized, ctx.splits.calib, max_samples=4)
         info["worst_layers_sqnr"] = rows[:8]
         if skipped:  # nodes the per-layer comparison left out (shape arithmetic such as sym_size)
@@ -65,7 +77,10 @@ class Int8Static(_XnnpackInt8):
     per_channel: bool = True
     calib_batches: int = 8
     batch_size: int = 32
-    observer: str = "histogram"  # activation observer: histogram | minmax | moving_average
+    observer: str = "auto"  # activation ranges: auto | percentile | mse | histogram | minmax | moving_average
+    percentile: float = 99.99  # for observer=percentile
+    bias_correction: bool = True  # weights rounded to their int8 grid, rounding's mean shift taken out of the biases
+    correction_samples: int = 64  # calibration inputs the bias correction uses (one batch)
     skip_layers: list[str] = field(default_factory=list)  # module names kept in float
     keep_float: int = 0  # chain: also keep this many most sensitive layers in float (sensitivity scan)
     method: Literal["quantize"] = "quantize"
@@ -74,6 +89,10 @@ class Int8Static(_XnnpackInt8):
         if self.keep_float < 0:
             raise EdgeKitError(f"quantize keep_float={self.keep_float}: must be >= 0")
         _check_observer(self.observer)
+        if not 50.0 < self.percentile <= 100.0:
+            raise EdgeKitError(f"quantize percentile={self.percentile}: give a value in (50, 100], e.g. 99.99")
+        if self.correction_samples < 1:
+            raise EdgeKitError(f"quantize correction_samples={self.correction_samples}: must be >= 1")
         if self.calib_batches < 1 or self.batch_size < 1:
             raise EdgeKitError(f"quantize calib_batches={self.calib_batches} batch_size={self.batch_size}: both must be >= 1")
 
@@ -96,6 +115,7 @@ class QuantizedModel:
     float_graph: nn.Module | None = None  # the exported float graph before prepare (for per-layer SQNR)
     quantized_ops: int = 0  # number of quantize ops inserted
     batch_dynamic: bool = False  # True: the graph accepts any batch size (host evaluation can batch)
+    details: dict = field(default_factory=dict)  # what the methods did (bias correction, chosen ranges)
 
     def __call__(self, x):
         return self.module(x)
@@ -109,26 +129,36 @@ def _check_observer(name: str) -> None:
         raise EdgeKitError(f"observer={name!r}: choose one of {', '.join(OBSERVERS)}")
 
 
-def xnnpack_config(per_channel: bool, *, dynamic: bool = False, qat: bool = False, observer: str = "histogram"):
-    """The XNNPACK symmetric config, with the activation observer swapped for the one asked for."""
+def xnnpack_config(per_channel: bool, *, dynamic: bool = False, qat: bool = False, observer: str = "histogram",
+                   percentile: float = 99.99):
+    """The XNNPACK symmetric config, with the activation observer swapped for the one asked for
+    (`auto`, `percentile` and `mse` all calibrate with kit.compress.observers.RangeObserver)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import get_symmetric_quantization_config
-    from torchao.quantization.pt2e import HistogramObserver, MinMaxObserver, MovingAverageMinMaxObserver
+    from torchao.quantization.pt2e import MinMaxObserver, MovingAverageMinMaxObserver
+
+    from kit.compress.observers import RangeObserver
 
     _check_observer(observer)
     cfg = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=dynamic, is_qat=qat)
     if dynamic or qat or observer == "histogram":  # histogram is XNNPACK's default for static PTQ
         return cfg
-    obs = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObserver}[observer]
-    act = dataclasses.replace(cfg.input_activation, observer_or_fake_quant_ctr=obs.with_args(eps=2**-12))
+    if observer in ("auto", "percentile", "mse"):
+        mode = "percentile" if observer == "auto" else observer
+        obs = RangeObserver.with_args(eps=2**-12, mode=mode, percentile=percentile)
+    else:
+        obs = {"minmax": MinMaxObserver, "moving_average": MovingAverageMinMaxObserver}[observer].with_args(eps=2**-12)
+    act = dataclasses.replace(cfg.input_activation, observer_or_fake_quant_ctr=obs)
     return dataclasses.replace(cfg, input_activation=act, output_activation=act)
 
 
 def xnnpack_quantizer(config, skip_layers=(), only_layers=None):
-    """An XNNPACKQuantizer with `config` everywhere except `skip_layers` (or only on `only_layers`)."""
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
+    """An XNNPACKQuantizer (with Conv/Linear+ReLU6 fused, kit.compress.xnnpack_patterns) with
+    `config` everywhere except `skip_layers` (or only on `only_layers`)."""
     from torchao.quantization.pt2e.quantizer.utils import get_module_name_filter
 
-    quantizer = XNNPACKQuantizer().set_global(config)
+    from kit.compress.xnnpack_patterns import KitXnnpackQuantizer
+
+    quantizer = KitXnnpackQuantizer().set_global(config)
     skip = [get_module_name_filter(name) for name in skip_layers]
     only = None if only_layers is None else [get_module_name_filter(name) for name in only_layers]
     if skip or only is not None:
@@ -231,18 +261,68 @@ def quantize(model: nn.Module, config: Int8Static | Int8Dynamic, calib: Dataset 
     example = example_from(calib, input_shape)
     dynamic = isinstance(config, Int8Dynamic)
     check_layer_names(model, config.skip_layers, "quantize skip_layers")
-    qconfig = xnnpack_config(config.per_channel, dynamic=dynamic,
-                             observer="histogram" if dynamic else config.observer)
+    observer = "histogram" if dynamic else config.observer
+    qconfig = xnnpack_config(config.per_channel, dynamic=dynamic, observer=observer,
+                             percentile=getattr(config, "percentile", 99.99))
+    details: dict = {}
+    original = model
     if not dynamic:
         check_finite(calib, "calibration data", config.calib_batches * config.batch_size)
+        if config.bias_correction and not config.per_channel:
+            details["weight_correction"] = "skipped: per-tensor weights (a folded BatchNorm moves them off their grid)"
+        elif config.bias_correction:
+            from kit.compress.weight_correction import correct_weights
+
+            model, details["weight_correction"] = correct_weights(model, calib, per_channel=config.per_channel,
+                                                                  max_samples=config.correction_samples)
     graph, batch_dynamic = export_for_quant(model, example)
     float_graph = copy.deepcopy(graph)
     prepared = prepare(graph, xnnpack_quantizer(qconfig, config.skip_layers), name)
     if dynamic:
         with torch.no_grad():
             prepared(*example)  # weight observers only record when the graph runs once
+        converted = convert(prepared, name, "dynamic int8")
     else:
         calibrate(prepared, calib, config.calib_batches * config.batch_size, config.batch_size if batch_dynamic else 1)
-    converted = convert(prepared, name, "dynamic int8" if dynamic else "static int8")
+        if observer in ("auto", "percentile", "mse"):
+            converted, details["activation_ranges"] = choose_ranges(prepared, config, original, calib, name, batch_dynamic)
+        else:
+            converted = convert(prepared, name, "static int8")
     return QuantizedModel(module=converted, example_input=example, config=config, float_graph=float_graph,
-                          quantized_ops=count_quantize_ops(converted), batch_dynamic=batch_dynamic)
+                          quantized_ops=count_quantize_ops(converted), batch_dynamic=batch_dynamic, details=details)
+
+
+def _run(module, x: np.ndarray, batched: bool) -> np.ndarray:
+    import torch
+
+    step = 16 if batched else 1
+    with torch.no_grad():
+        return np.concatenate([module(torch.from_numpy(np.ascontiguousarray(x[i:i + step]))).detach().numpy()
+                               for i in range(0, len(x), step)])
+
+
+def choose_ranges(prepared, config: Int8Static, original: nn.Module, calib: Dataset, name: str, batch_dynamic: bool,
+                  score_samples: int = 32):
+    """Convert with the activation ranges `config.observer` asks for; `auto` converts each of
+    AUTO_CANDIDATES from the one calibration and keeps the best output SQNR against the original
+    model on (up to) `score_samples` calibration inputs, never on the data the gate judges."""
+    from kit.compress.observers import set_mode
+    from kit.evaluate import sqnr_db
+
+    def finish(trial, mode, pct) -> tuple[nn.Module, dict]:
+        set_mode(trial, mode, pct)
+        converted = convert(trial, name, "static int8")
+        return converted, {"observer": mode, "percentile": pct if mode == "percentile" else None}
+
+    if config.observer != "auto":
+        return finish(prepared, config.observer, config.percentile)
+    x = calib.x[:score_samples]
+    ref = _run(original.eval(), x, True)
+    rows, best = [], None
+    for mode, pct in AUTO_CANDIDATES:
+        converted, row = finish(copy.deepcopy(prepared), mode, pct)
+        row["calib_sqnr_db"] = round(float(sqnr_db(ref, _run(converted, x, batch_dynamic))), 2)
+        rows.append(row)
+        if best is None or row["calib_sqnr_db"] > best[0]:
+            best = (row["calib_sqnr_db"], converted, row)
+    return best[1], {"chosen": best[2], "candidates": rows, "scored_on": f"{len(x)} calibration inputs"}

@@ -142,7 +142,7 @@ def _compress_and_package(recipe: Recipe, model, splits: Splits, out_dir: Path, 
     t0 = time.time()
     work = out_dir / "work"
     try:
-        result = run_chain(model, recipe.steps, splits, budget_top1_drop=recipe.budget.top1_drop, teacher=teacher,
+        result = run_chain(model, recipe.steps, splits, budget=recipe.budget, teacher=teacher,
                            runtime=recipe.runtime, progress=progress, workdir=work, eval_samples=eval_samples)
         preprocessing = manifest_preprocessing(recipe, splits)
         report = {"recipe": recipe.summary(), "name": name, "preprocessing": preprocessing, **result.report,
@@ -164,8 +164,17 @@ def _compress_and_package(recipe: Recipe, model, splits: Splits, out_dir: Path, 
                          preprocessing=preprocessing)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report["artifact"] = evaluate_artifact(bundle.model_file, runner_for(bundle.model_file, recipe.threads),
-                                           result.reference, result.eval_data, bundle.manifest.get("delegation"))
+    runner, seen = runner_for(bundle.model_file, recipe.threads), []
+    recording = (lambda x: seen.append(runner(x)) or seen[-1]) if recipe.budget.metric else runner
+    report["artifact"] = evaluate_artifact(bundle.model_file, recording, result.reference, result.eval_data,
+                                           bundle.manifest.get("delegation"))
+    if recipe.budget.metric:  # the user metric on the artifact's own outputs
+        import numpy as np
+
+        from kit.compress.gate import run_metric
+
+        report["artifact"]["metric"] = {"name": recipe.budget.metric, "value": run_metric(
+            recipe.budget.metric, np.concatenate([np.asarray(o) for o in seen]), result.eval_data.y)}
     report.update(bundle=str(bundle.path), checkpoint=str(checkpoint) if checkpoint else None,
                   seconds=round(time.time() - t0, 1))
     _write_json(out_dir / "report.json", report)
@@ -199,8 +208,8 @@ def build(recipe: Recipe, model, splits: Splits, out_dir: str | Path, *, teacher
             build_cache.save(key, out_dir, _CACHED)
     bundle = out_dir / "bundle"
     checkpoint = out_dir / "model.pt" if (out_dir / "model.pt").is_file() else None
-    gate = judge(report["baseline"], report["artifact"], recipe.budget.top1_drop, baseline_top1)
-    report.update(artifact_gate={**gate.to_dict(), "message": gate.message}, bundle=str(bundle),
+    gate = judge(report["baseline"], report["artifact"], recipe.budget, baseline_top1, samples=report.get("eval_samples"))
+    report.update(artifact_gate=gate.to_dict(), bundle=str(bundle),
                   checkpoint=str(checkpoint) if checkpoint else None)
     if not gate.passed and not override_budget:
         shutil.rmtree(bundle, ignore_errors=True)

@@ -74,9 +74,25 @@ class InputSpec(_Strict):
 
 
 class Budget(_Strict):
-    top1_drop: float | None = Field(1.0, ge=0, le=100, description="Max top-1 drop in points vs the original model.")
+    """What the gate (kit.compress.gate) judges, each in its own unit. With labels the top-1 drop
+    applies (and the agreement/SQNR floors when given); without labels the floors; a top1_drop
+    alone on unlabelled data is read as an agreement floor of (100 - drop)%, and the gate says so."""
+
+    top1_drop: float | None = Field(1.0, ge=0, le=100, description="Max top-1 drop in points vs the original model (needs labels).")
+    agreement: float | None = Field(None, ge=0, le=1, description="Floor on the share (0..1) of inputs whose top-1 equals the original's.")
+    sqnr_db: float | None = Field(None, description="Floor on the output SQNR vs the original model, dB.")
+    metric: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
+                               description="User metric pkg.module:fn(outputs, labels) -> float, higher is better; replaces top-1.")
+    metric_drop: float | None = Field(None, ge=0, description="Max drop of `metric` vs the original, in the metric's own units.")
     latency_ms: float | None = Field(None, gt=0, description="Latency goal (p50 on the device).")
     energy_mj: float | None = Field(None, gt=0, description="Energy goal per inference, when the device has sensors.")
+
+    @model_validator(mode="after")
+    def _metric_has_budget(self):
+        if self.metric and self.metric_drop is None:
+            raise ValueError(f"metric {self.metric} needs metric_drop: the largest drop allowed, in the metric's own "
+                             "units (--budget-metric-drop)")
+        return self
 
 
 class BenchSpec(_Strict):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kit.results.plots import device_colors, energy_bars, latency_bars, latency_front, pareto_plot, png_base64
+from kit.results.report_ops import memory_section, ops_section
 from kit.results.store import decode
 from kit.results.twins import Point, Speedup, compression_state, speedups, twin_speedups
 
@@ -116,6 +117,28 @@ def _delegation_rows(points: list[Point]) -> list[list[str]]:
     return rows
 
 
+def gate_text(gate: dict | None) -> str:
+    """The compression gate recorded in a bundle's manifest, with its basis and units, e.g.
+    'agreement 96.50% >= floor 90.00% (share of inputs, no labels)'."""
+    if not isinstance(gate, dict):
+        return "—"
+    checks = gate.get("checks")
+    if not checks:  # an older manifest: the top-1 (or agreement) drop in points
+        budget = gate.get("budget_points")
+        return (f"{gate.get('basis')}: drop {_fmt(gate.get('drop_points'), '.2f')} pt"
+                + ("" if budget is None else f" (budget {budget:g} pt)") + ("" if gate.get("passed", True) else " FAILED"))
+    parts = []
+    for c in checks:
+        pct = c.get("unit") == "share"
+        value = f"{100 * float(c['value']):.2f}%" if pct else f"{float(c['value']):.4g} {c.get('unit')}"
+        limit = f"{100 * float(c['limit']):.2f}%" if pct else f"{float(c['limit']):g} {c.get('unit')}"
+        op = ">=" if c.get("bound") == "min" else "<="
+        parts.append(f"{c['metric']} {value} {op} {'floor' if op == '>=' else 'budget'} {limit}"
+                     + ("" if c.get("passed") else " FAILED"))
+    where = "labelled data" if gate.get("labelled") else "no labels"
+    return f"{'; '.join(parts)} (basis {gate.get('basis')}, {where})"
+
+
 def render(rows: list[dict], title: str = "EdgeKit report", *, confidence: float = 0.99) -> str:
     """The report page as one HTML string."""
     points = [Point(i + 1, decode(r)) for i, r in enumerate(rows)]
@@ -179,13 +202,15 @@ def render(rows: list[dict], title: str = "EdgeKit report", *, confidence: float
     if not_measured:
         parts.append("<p id='energy-missing'>No energy figure for: " + "; ".join(_esc(s) for s in not_measured) + ".</p>")
 
+    parts.append(memory_section(points))
+    parts.append(ops_section(points, ups))
     parts.append("<h2>Delegation per artifact</h2>")
     parts.append(_table("delegation", ["artifact", "runtime", "delegated subgraphs", "delegated nodes", "non-delegated nodes",
                                        "delegated share", "non-delegated ops"], _delegation_rows(points), {2, 3, 4, 5}))
 
     parts.append("<h2>Every point and the recipe behind it</h2>")
     head = ["#", "artifact", "device", "runtime", "threads", "size KiB", "top-1", "p50 ms", "p90 ms", "p99 ms", "cv", "load ms",
-            "peak RSS MB", "energy mJ", "ref check", "Pareto", "recipe", "run"]
+            "peak RSS MB", "energy mJ", "ref check", "Pareto", "recipe", "accuracy gate", "run"]
     body = []
     for p in points:
         front = "/".join(t for t, s in (("acc", acc_front), ("size", size_front)) if p.n in s)
@@ -194,7 +219,8 @@ def render(rows: list[dict], title: str = "EdgeKit report", *, confidence: float
                      _fmt(p.p50_ms), _fmt(p.p90_ms), _fmt(p.p99_ms), _fmt(p.cv, ".3f"), _fmt(p.load_ms, ".1f"),
                      _fmt(p.peak_rss_mb, ".0f"), _fmt(p.row.get("energy_mj")),
                      {True: "ok", False: "<b>FAILED</b>", None: "—"}[p.row.get("reference_passed")], front,
-                     _esc(p.recipe_text) or "— (not recorded)", _esc(p.run_id)])
+                     _esc(p.recipe_text) or "— (not recorded)",
+                     _esc(gate_text(((p.row.get("manifest") or {}).get("compression") or {}).get("gate"))), _esc(p.run_id)])
     parts.append(_table("measurements", head, body, {0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}))
     recipes = {p.row["recipe_name"] or p.recipe_text: p.row["recipe"] for p in points if isinstance(p.row.get("recipe"), dict)}
     if recipes:
@@ -224,4 +250,5 @@ def write_store_report(store, out_dir: str | Path, *, run_id: int | None = None,
         rows = store.measurements(run_id)
     else:
         rows = store.latest_measurements()
+    rows = [{**r, "profile_ops": store.profile(r["id"])} for r in rows]
     return write_report(rows, out_dir, title or (f"EdgeKit report: run {run_id}" if run_id is not None else "EdgeKit report"))

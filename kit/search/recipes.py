@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from kit.compress.gate import judge
 from kit.data import Splits, load_data
 from kit.errors import EdgeKitError
 from kit.evaluate import accuracy, torch_predictor
@@ -23,7 +24,7 @@ from kit.package.bundle import Bundle
 from kit.pipeline.measure import measure
 from kit.progress import ProgressFn, report
 from kit.recipes import Recipe, available_recipes, load_recipe
-from kit.pipeline.build import apply_recipe
+from kit.pipeline.build import apply_recipe, json_safe
 from kit.results.pareto import front_of
 from kit.results.store import ResultsStore
 
@@ -48,6 +49,11 @@ class Candidate:
     p50_ms: float | None = None
     p99_ms: float | None = None
     energy_mj: float | None = None
+    agreement: float | None = None  # share (0..1) of test inputs whose top-1 equals the original's
+    sqnr_db: float | None = None  # output SQNR vs the original, dB
+    int8_macs_share: float | None = None  # share (0..1) of the MACs that run in int8 (the quantize step's info)
+    gate: dict | None = None  # kit.compress.gate.GateResult.to_dict() under the search's budget
+    worst_layers: list[str] = field(default_factory=list)  # the 3 layers that cost most (step info), if known
     reference_passed: bool | None = None
     reused: bool = False  # the measurement came from the results store
     built_from_cache: bool = False  # the bundle came from the build cache
@@ -68,6 +74,8 @@ class SearchResult:
     data: str
     budget_top1_drop: float | None
     baseline_accuracy: float | None
+    budget_agreement: float | None = None
+    budget_sqnr_db: float | None = None
     candidates: list[Candidate] = field(default_factory=list)
     chosen: str | None = None
     measured: int = 0
@@ -81,7 +89,8 @@ class SearchResult:
         return [c for c in self.candidates if c.on_front]
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-safe (an SQNR of inf for identical outputs is the string "inf")."""
+        return json_safe(asdict(self))
 
 
 def device_kind(device) -> str | None:
@@ -114,11 +123,41 @@ def candidates_for(kind: str | None, overrides: list[str] = (), quick: bool = Fa
     return recipes
 
 
-def _judge(c: Candidate, recipe: Recipe, budget: float | None) -> None:
+def effective_budget(recipe: Recipe, top1_drop: float | None = None, agreement: float | None = None,
+                     sqnr_db: float | None = None):
+    """The recipe's budget with the search's own limits (those given) put over it."""
+    update = {k: v for k, v in (("top1_drop", top1_drop), ("agreement", agreement), ("sqnr_db", sqnr_db)) if v is not None}
+    return recipe.budget.model_copy(update=update)
+
+
+def step_facts(report: dict) -> tuple[float | None, list[str]]:
+    """(int8 MACs share, the 3 costliest layers) from a build report's chain steps' info: the last
+    `int8_macs_share` the quantizers put there, the worst `sensitivity` rows (else the lowest
+    `worst_layers_sqnr` rows), each named with its SQNR."""
+    share, worst = None, []
+    steps = report.get("steps") or (report.get("chain") or {}).get("steps") or []
+    for step in steps:
+        info = step.get("info") or {}
+        if info.get("int8_macs_share") is not None:
+            share = float(info["int8_macs_share"])
+        rows = info.get("sensitivity") or sorted(info.get("worst_layers_sqnr") or [],
+                                                  key=lambda r: float(r.get("sqnr_db", 0.0)))
+        if rows:
+            worst = [f"{r.get('layer') or r.get('node')} ({float(r['sqnr_db']):.1f} dB)" if "sqnr_db" in r
+                     else str(r.get("layer") or r.get("node")) for r in rows[:3]]
+    return share, worst
+
+
+def _judge(c: Candidate, recipe: Recipe, budget: float | None, gate=None) -> None:
+    """Within budget or why not. `gate`: kit.compress.gate.judge's verdict on the candidate's artifact
+    (the metric, unit and limit named); without it the top-1 drop in points is compared with `budget`."""
     reasons = []
     if c.error:
         reasons.append("failed")
-    if budget is not None and c.top1_drop is not None and c.top1_drop > budget + 1e-9:
+    if gate is not None:
+        if not gate.passed:
+            reasons.append(gate.short + (f" (costliest layers: {', '.join(c.worst_layers)})" if c.worst_layers else ""))
+    elif budget is not None and c.top1_drop is not None and c.top1_drop > budget + 1e-9:
         reasons.append(f"top-1 drop {c.top1_drop:.2f} > {budget:g}")
     if c.reference_passed is False:
         reasons.append("reference check failed on device")
@@ -131,12 +170,15 @@ def _judge(c: Candidate, recipe: Recipe, budget: float | None) -> None:
 
 
 def search(model, data: str | Splits, device, candidates: list[Recipe], *, store: ResultsStore, out_dir: str | Path,
-           budget_top1_drop: float | None = 1.0, teacher=None, model_name: str = "model", seed: int = 0,
+           budget_top1_drop: float | None = 1.0, budget_agreement: float | None = None,
+           budget_sqnr_db: float | None = None, teacher=None, model_name: str = "model", seed: int = 0,
            cache: bool = True, progress: ProgressFn = None, step: Callable[[str], None] | None = None) -> SearchResult:
     """Try each candidate recipe on `device`; return every candidate with the front and the choice.
 
     `data` is a data spec for kit.data.load_data (loaded at each recipe's input size) or ready Splits.
-    `budget_top1_drop` (points) overrides each recipe's own accuracy budget for the choice.
+    `budget_top1_drop` (points), `budget_agreement` (a floor, share 0..1 of inputs whose top-1 is
+    the original's) and `budget_sqnr_db` (a floor, dB) override those of each recipe's budget for the
+    choice (None: the recipe's); every candidate's artifact is judged by kit.compress.gate.judge.
     `cache`: reuse compressed bundles from kit.cache (measurements are reused from `store` either way).
     """
     if not candidates:
@@ -162,7 +204,8 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
 
     data_name = data.name if isinstance(data, Splits) else str(data)
     result = SearchResult(device=device.name, model=model_name, data=data_name, budget_top1_drop=budget_top1_drop,
-                          baseline_accuracy=None)
+                          baseline_accuracy=None, budget_agreement=budget_agreement, budget_sqnr_db=budget_sqnr_db)
+    gates = {}
     result.run_id = store.start_run("search", note=f"model={model_name} data={data_name} device={device.name}")
     recipes = {}
     for i, recipe in enumerate(candidates):
@@ -180,6 +223,13 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
             c.built_from_cache = applied.from_cache
             c.accuracy, c.top1_drop, c.size_bytes = applied.accuracy, applied.top1_drop, applied.size_bytes
             c.model_sha256, c.bundle_path = applied.model_sha256, applied.bundle_path
+            art = applied.report["artifact"]["agreement"]
+            c.agreement, c.sqnr_db = float(art["top1_match"]), float(art["sqnr_db"])
+            c.int8_macs_share, c.worst_layers = step_facts(applied.report)
+            gate = judge(applied.report["baseline"], applied.report["artifact"],
+                         effective_budget(recipe, budget_top1_drop, budget_agreement, budget_sqnr_db), baseline[size],
+                         samples=applied.report.get("eval_samples"))
+            gates[recipe.name], c.gate = gate, gate.to_dict()
             out = measure(device, Bundle.load(applied.bundle_path), store, run_id=result.run_id, reuse=True,
                           options=BenchOptions(runs=recipe.bench.runs, warmup=recipe.bench.warmup, threads=recipe.threads,
                                                power=True),
@@ -197,10 +247,12 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
 
     for c in result.candidates:
         r = recipes[c.recipe]
-        _judge(c, r, budget_top1_drop if budget_top1_drop is not None else r.budget.top1_drop)
+        _judge(c, r, budget_top1_drop if budget_top1_drop is not None else r.budget.top1_drop, gates.get(c.recipe))
     done = [c for c in result.candidates if c.error is None and c.p50_ms is not None and c.size_bytes is not None
-            and c.accuracy is not None]
+            and (c.accuracy is not None or c.agreement is not None)]
     objectives = list(OBJECTIVES)
+    if done and any(c.accuracy is None for c in done):  # unlabelled data: agreement with the original is the score
+        objectives = [(k, d) if k != "accuracy" else ("agreement", "max") for k, d in objectives]
     if done and all(c.energy_mj is not None for c in done):
         objectives.append(("energy_mj", "min"))
     result.objectives = [k for k, _ in objectives]
@@ -209,7 +261,7 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
     feasible = [c for c in done if c.within_budget]
     if feasible:
         # The front holds every trade-off; within the budget the fastest wins (then the smaller, then the more accurate).
-        best = min(feasible, key=lambda c: (c.p50_ms, c.size_bytes, -(c.accuracy or 0)))
+        best = min(feasible, key=lambda c: (c.p50_ms, c.size_bytes, -(c.accuracy or c.agreement or 0)))
         best.chosen = True
         result.chosen = best.recipe
     store.finish_run(result.run_id)
@@ -226,28 +278,32 @@ def plot_front(result: SearchResult, path: str | Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = [c for c in result.candidates if c.p50_ms is not None and c.accuracy is not None]
+    labelled = all(c.accuracy is not None for c in result.candidates if c.p50_ms is not None)
+    score = (lambda c: c.accuracy) if labelled else (lambda c: c.agreement)  # noqa: E731  unlabelled: agreement
+    done = [c for c in result.candidates if c.p50_ms is not None and score(c) is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if done:
         biggest = max(c.size_bytes or 1 for c in done)
         for c in done:
             colour = "tab:blue" if c.within_budget else "tab:gray"
-            ax.scatter(c.p50_ms, 100 * c.accuracy, s=40 + 400 * (c.size_bytes or 0) / biggest, color=colour, alpha=0.6,
+            ax.scatter(c.p50_ms, 100 * score(c), s=40 + 400 * (c.size_bytes or 0) / biggest, color=colour, alpha=0.6,
                        edgecolors="black" if c.on_front else "none")
-            ax.annotate(c.recipe, (c.p50_ms, 100 * c.accuracy), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            ax.annotate(c.recipe, (c.p50_ms, 100 * score(c)), textcoords="offset points", xytext=(6, 4), fontsize=8)
         front = sorted((c for c in done if c.on_front), key=lambda c: c.p50_ms)
         if len(front) > 1:
-            ax.plot([c.p50_ms for c in front], [100 * c.accuracy for c in front], "--", color="tab:orange", label="Pareto front")
+            ax.plot([c.p50_ms for c in front], [100 * score(c) for c in front], "--", color="tab:orange", label="Pareto front")
         for c in done:
             if c.chosen:
-                ax.scatter(c.p50_ms, 100 * c.accuracy, marker="*", s=300, color="tab:red", label=f"chosen: {c.recipe}", zorder=5)
-    if result.baseline_accuracy is not None:
+                ax.scatter(c.p50_ms, 100 * score(c), marker="*", s=300, color="tab:red", label=f"chosen: {c.recipe}", zorder=5)
+    if labelled and result.baseline_accuracy is not None:
         ax.axhline(100 * result.baseline_accuracy, color="green", lw=0.8, label="original model")
         if result.budget_top1_drop is not None:
             ax.axhline(100 * result.baseline_accuracy - result.budget_top1_drop, color="red", lw=0.8, ls=":",
                        label=f"budget (-{result.budget_top1_drop:g} pt)")
     ax.set_xlabel(f"latency p50 on {result.device} (ms)")
-    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_ylabel("top-1 accuracy (%)" if labelled else "top-1 agreement with the original (%)")
+    if not labelled and result.budget_agreement is not None:
+        ax.axhline(100 * result.budget_agreement, color="red", lw=0.8, ls=":", label=f"agreement floor {result.budget_agreement:.0%}")
     ax.set_title(f"Recipe search: {result.model} on {result.device} (marker area ~ size)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

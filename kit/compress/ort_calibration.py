@@ -1,0 +1,141 @@
+"""Activation ranges for ORT static int8: one histogram calibration, several candidate ranges.
+
+ORT's quantize_static calibrates anew on every call and clips graph outputs like any tensor.
+Here ORT's own PercentileCalibrater collects the histograms once (asymmetric, since uint8 ReLU
+outputs waste half their levels on a symmetric range); each candidate's ranges go to
+quantize_static as a calibration cache (so it does not calibrate again), graph outputs keep their
+full min/max (a clipped logit ties the top classes), and the candidate with the best output SQNR
+on calibration inputs wins.
+
+Percentiles here mean what they mean in kit.compress.observers (PT2E): p keeps values between the
+(100-p)th and the p-th percentile, i.e. (100-p)% cut on each side; ORT's CalibPercentile cuts half
+of (100-p) per side, so kit p is ORT 2p-100.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from kit.data import Dataset
+
+AUTO_PERCENTILES = (99.9, 99.99, 99.999)
+
+
+def _ort_percentile(p: float) -> float:
+    return 2 * p - 100
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """ORT's calibrators print() their settings; the CLI's stdout carries tables and --json."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def graph_input_name(model_path: str | Path) -> str:
+    import onnx
+
+    return onnx.load(str(model_path), load_external_data=False).graph.input[0].name
+
+
+def calibration_reader(input_name: str, calib: Dataset, max_samples: int):
+    """ORT's CalibrationDataReader over the first `max_samples` of `calib`, one sample a call."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = (xb for xb, _ in calib.batches(1))
+            self._left = max_samples
+
+        def get_next(self):
+            if self._left <= 0:
+                return None
+            self._left -= 1
+            xb = next(self._it, None)
+            return None if xb is None else {input_name: np.ascontiguousarray(xb, dtype=np.float32)}
+
+    return Reader()
+
+
+def _collect(pre: Path, calib: Dataset, max_samples: int, tmp: Path):
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    calibrator = create_calibrator(pre, list(set(QLinearOpsRegistry) | set(QDQRegistry)),
+                                   augmented_model_path=str(tmp / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.Percentile,
+                                   extra_options={"symmetric": False, "num_bins": 2048, "percentile": 99.99})
+    with quiet_stdout():
+        calibrator.collect_data(calibration_reader(graph_input_name(pre), calib, max_samples))
+    return calibrator
+
+
+def _ranges(calibrator, mode: str, percentile: float, outputs: set[str]):
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+
+    collector = calibrator.collector
+    collector.percentile = _ort_percentile(percentile if mode == "percentile" else 99.99)
+    with quiet_stdout():
+        data = calibrator.compute_data()
+    for name, hist in collector.histogram_dict.items():
+        if mode == "minmax" or name in outputs:
+            lo, hi = np.asarray(hist[2], dtype=np.float32), np.asarray(hist[3], dtype=np.float32)
+            data.data[name] = TensorData(lowest=np.minimum(lo, 0).astype(np.float32), highest=hi)
+    return TensorsData(data.calibration_method, data.data)
+
+
+def _score(model: Path, x: np.ndarray, ref: np.ndarray) -> float:
+    from kit.evaluate import sqnr_db
+    from kit.package.onnx import OrtRunner
+
+    run = OrtRunner(model)
+    return float(sqnr_db(ref, np.concatenate([run(x[i:i + 1]) for i in range(len(x))])))
+
+
+def quantize_best(pre: Path, config, calib: Dataset, out_path: Path, quantize, *, nodes_to_quantize=None,
+                  score_samples: int = 32) -> dict:
+    """Quantize `pre` (a preprocessed fp32 .onnx) to `out_path` with the best candidate range.
+    `config.calibration` is "auto" (percentiles 99.9 / 99.99 / 99.999 and min/max tried) or
+    "Percentile" (only `config.percentile`). `quantize` is kit.compress.ort_quant.quantize_onnx
+    (passed in: that module calls this one). Returns what was tried and chosen."""
+    import onnx
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    from kit.package.onnx import OrtRunner
+
+    pre, out_path = Path(pre), Path(out_path)
+    outputs = {o.name for o in onnx.load(str(pre), load_external_data=False).graph.output}
+    candidates = ([("percentile", p) for p in AUTO_PERCENTILES] + [("minmax", 0.0)]
+                  if config.calibration == "auto" else [("percentile", config.percentile)])
+    work = out_path.parent / (out_path.stem + ".calib")
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        calibrator = _collect(pre, calib, config.max_samples, work)
+        x = np.ascontiguousarray(calib.x[:score_samples], dtype=np.float32)
+        ref = OrtRunner(pre)
+        ref_out = np.concatenate([ref(x[i:i + 1]) for i in range(len(x))])
+        rows, best = [], None
+        qcfg = dataclasses.replace(config, calibration="Percentile")
+        for i, (mode, pct) in enumerate(candidates):
+            cache = work / f"ranges{i}.json"
+            save_tensors_data(_ranges(calibrator, mode, pct, outputs), cache)
+            model = work / f"candidate{i}.onnx"
+            with quiet_stdout():
+                quantize(pre, qcfg, calib, model, nodes_to_quantize=nodes_to_quantize, calibration_cache=cache,
+                              preprocessed=True)
+            sq = _score(model, x, ref_out) if len(candidates) > 1 else float("nan")
+            rows.append({"observer": mode, "percentile": pct if mode == "percentile" else None,
+                         "calib_sqnr_db": round(sq, 2)})
+            if best is None or sq > best[0]:
+                best = (sq, model, rows[-1])
+        shutil.move(str(best[1]), str(out_path))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"chosen": best[2], "candidates": rows, "scored_on": f"{len(x)} calibration inputs"}
