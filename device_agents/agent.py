@@ -11,7 +11,7 @@ import argparse
 import json
 import platform
 
-from device_agents import install, runtimes, sensors
+from device_agents import install, liveness, runtimes, sensors
 from device_agents import bench as bench_mod
 from device_agents.bundle import verify_bundle
 from device_agents.errors import AgentError, as_agent_error
@@ -84,6 +84,7 @@ def main(argv=None) -> int:
     try:
         args = parser.parse_args(argv)
         verb = args.verb
+        liveness.start(verb)  # a heartbeat on stderr while the verb runs; exits if the session is gone
         return reply(verb, _run(args))
     except Exception as e:  # the host must always get JSON back
         return reply(verb, error=as_agent_error(e, "out of memory under the agent's limit"))

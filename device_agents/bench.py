@@ -23,7 +23,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 
-from device_agents import native, runtimes
+from device_agents import memory, native, profile, runtimes
 from device_agents.bundle import file_path
 from device_agents.errors import AgentError, as_agent_error
 from device_agents.protocol import ProtocolError, parse_reply, reply
@@ -55,6 +55,9 @@ class BenchOptions:
     cooldown_max_s: float = 120.0
     pte_runtime: str = "auto"      # .pte: python (the bindings), native (the runner), auto (native when installed)
     native_runner: str | None = None  # digest of the runner folder the host pushed (<home>/native/<digest>)
+    profile: bool = False          # after the timed runs, a separate profiled child (device_agents.profile)
+    profile_runs: int = 10         # profiled runs (after one warm-up); the raw profile comes back compressed
+    profile_max_kb: int = 4096     # cap on the compressed profile in the reply; over it, an error note instead
 
     @classmethod
     def parse(cls, raw: dict) -> "BenchOptions":
@@ -79,7 +82,7 @@ class BenchOptions:
             setattr(opts, key, float(value) if kind is float and value is not None else value)
         if opts.runs < 2:
             raise AgentError("bad_option", "runs must be at least 2 (one run gives no spread to report)")
-        for key in ("threads", "max_runs", "max_memory_mb", "max_open_files", "max_file_mb"):
+        for key in ("threads", "max_runs", "max_memory_mb", "max_open_files", "max_file_mb", "profile_runs", "profile_max_kb"):
             if getattr(opts, key) < 1:
                 raise AgentError("bad_option", f"{key} must be at least 1")
         for key in ("warmup", "min_time_s", "idle_s"):
@@ -121,19 +124,30 @@ def _tail(f) -> str:
 
 
 def run_in_child(bundle: str, manifest: dict, opts: BenchOptions) -> dict:
+    """The timed child; with opts.profile, then a separate profiled child (device_agents.profile)."""
+    result = _run_child(bundle, manifest, opts)
+    if opts.profile:
+        result["profile"] = profile.collect(lambda popts, path: _run_child(bundle, manifest, popts, path), opts, result)
+    return result
+
+
+def _run_child(bundle: str, manifest: dict, opts: BenchOptions, profile_to: str | None = None) -> dict:
     """Run the benchmark in a sandboxed child (the Python child, or for a .pte the native runner when
-    installed and wanted: device_agents.native); every failure comes back as an AgentError."""
+    installed and wanted: device_agents.native); every failure comes back as an AgentError.
+    With `profile_to`, the child runs with the runtime's profiler on and writes the raw profile there."""
     runner = native.choose(manifest, opts)
     env = dict(os.environ)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(opts.threads)  # read once when torch/numpy load, before any code of ours runs
-    payload = json.dumps({"bundle": bundle, "manifest": manifest, "opts": asdict(opts)}).encode()
+    payload = json.dumps({"bundle": bundle, "manifest": manifest, "opts": asdict(opts), "profile_to": profile_to}).encode()
     cmd, preexec, out_dir = [sys.executable, "-m", "device_agents.bench"], _preexec(opts), None
     if runner is not None:
         out_dir = tempfile.mkdtemp(prefix="edgekit-native-")  # the runner writes its outputs here
         cmd, payload, sandbox = native.command(runner, bundle, manifest, opts, out_dir), b"", preexec
+        if profile_to:
+            cmd += ["--etdump", profile_to]
 
         def preexec():  # the same sandbox; CPUs pinned here, as the Python child pins its own
             sandbox()
@@ -270,15 +284,19 @@ def _fits(shape, model_shape) -> bool:
                                    all(m is None or m == s for s, m in zip(shape, model_shape)))
 
 
-def run(bundle: str, manifest: dict, opts: BenchOptions) -> dict:
-    """Load, check against the reference output, warm up, time."""
+def run(bundle: str, manifest: dict, opts: BenchOptions, profile_to: str | None = None) -> dict:
+    """Load, check against the reference output, warm up, time (with the profiler on: `profile_to`)."""
+    rss_before_import = memory.rss_mb()
     import numpy as np  # numpy only in the child: the parent process never needs it
 
     runtime = manifest["runtime"]["name"]
     ref = manifest["reference"]
     runtimes.import_runtime(runtime)
     rss_after_import = _peak_rss_mb()
+    mem = {"before_import_rss_mb": rss_before_import, "runtime_rss_mb": memory.rss_mb()}
+    mem["runtime_import_mb"] = mem["runtime_rss_mb"] - rss_before_import
     limits = _apply_limits(opts)
+    mem["before_load_rss_mb"] = memory.rss_mb()  # the model's load cost includes its bytes in memory
     try:
         with open(file_path(bundle, manifest["model"]["file"]), "rb") as f:
             data = f.read()
@@ -290,9 +308,13 @@ def run(bundle: str, manifest: dict, opts: BenchOptions) -> dict:
         raise AgentError("hash_mismatch", "the model file changed after it was verified; re-push the bundle")
 
     t0 = time.perf_counter()
-    model = runtimes.load(data, runtime, opts.threads)
+    model = runtimes.load(data, runtime, opts.threads, profile_to)
     load_ms = (time.perf_counter() - t0) * 1e3
     del data
+    mem["after_load_rss_mb"] = memory.rss_mb()
+    mem["model_load_mb"] = mem["after_load_rss_mb"] - mem["before_load_rss_mb"]
+    mem["planned_mb"] = model.planned_mb
+    hwm_reset = memory.reset_peak()
 
     x = ref_in
     if opts.input_shape is not None:
@@ -321,6 +343,9 @@ def run(bundle: str, manifest: dict, opts: BenchOptions) -> dict:
     window_start = time.monotonic()  # CLOCK_MONOTONIC, shared with the parent's sensor samplers
     ns = _call(lambda: _timed_loop(call, opts.runs, opts.min_time_s, opts.max_runs), "during the timed runs")
     window_end = time.monotonic()
+    mem["inference_peak_rss_mb"] = memory.hwm_mb() if hwm_reset else None
+    if profile_to:
+        _call(lambda: model.finish_profile(profile_to), "writing its profile")
     samples_ms = [v / 1e6 for v in ns]
     latency = _stats(samples_ms)
 
@@ -346,6 +371,7 @@ def run(bundle: str, manifest: dict, opts: BenchOptions) -> dict:
                            "method": f"the timing loop around a no-op call, {n_overhead} runs"},
         "peak_rss_mb": _peak_rss_mb(),
         "rss_after_import_mb": rss_after_import,
+        "memory": {**mem, "peak_rss_mb": _peak_rss_mb()},
         "limits": limits,
         "reference_check": check,
         "window": [window_start, window_end],
@@ -359,7 +385,7 @@ def child_main() -> int:
         opts = BenchOptions(**req["opts"])
         if opts.cpus:
             os.sched_setaffinity(0, opts.cpus)  # before the runtime exists: its threads inherit the mask
-        return reply("bench", run(req["bundle"], req["manifest"], opts))
+        return reply("bench", run(req["bundle"], req["manifest"], opts, req.get("profile_to")))
     except Exception as e:
         return reply("bench", error=as_agent_error(e, "out of memory under max_memory_mb"))
 

@@ -245,6 +245,9 @@ def main() -> int:
     except Refused as e:
         return reply((command or "").split(" ", 1)[0][:40] or "?", error=e)
     if argv[0] in TRANSFER_VERBS:
+        from device_agents import liveness
+
+        liveness.start(argv[0])  # the host hears from a receive while the tar streams in
         try:
             if argv[0] == "have":
                 return reply("have", have(_opts_of(argv)))

@@ -99,3 +99,24 @@ def folder_digest(root: str) -> str:
             rel = os.path.relpath(path, root).replace(os.sep, "/")
             rows.append((rel, sha256_file(path), os.path.getsize(path)))
     return digest_rows(rows)
+
+
+# --- liveness: the agent's heartbeat on stderr (device_agents.liveness writes it) ---------------
+HEARTBEAT_KEY = "heartbeat"
+
+
+def heartbeat_line(monotonic: float, verb: str, n: int) -> bytes:
+    """One heartbeat: `{"heartbeat": <device monotonic s>, "verb": ..., "n": ...}` and a newline."""
+    return (json.dumps({HEARTBEAT_KEY: round(monotonic, 3), "verb": str(verb)[:40], "n": n}) + "\n").encode()
+
+
+def is_heartbeat(line: str | bytes) -> bool:
+    text = line.decode(errors="replace") if isinstance(line, bytes) else line
+    return text.startswith('{"' + HEARTBEAT_KEY + '":')
+
+
+def strip_heartbeats(text: str | bytes) -> str | bytes:
+    """stderr without the heartbeat lines (what is left is the agent's own diagnostics)."""
+    if isinstance(text, bytes):
+        return b"".join(ln for ln in text.splitlines(keepends=True) if not is_heartbeat(ln))
+    return "".join(ln for ln in text.splitlines(keepends=True) if not is_heartbeat(ln))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 
 from device_agents.errors import AgentError
 
@@ -51,10 +52,15 @@ def import_runtime(runtime: str) -> None:
 
 
 class OrtModel:
-    def __init__(self, data: bytes, threads: int):
+    planned_mb = None  # ORT's arena grows on demand: no planned figure before the first run
+
+    def __init__(self, data: bytes, threads: int, profile_to: str | None = None):
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        if profile_to:  # a session of its own (the timed one never profiles): trace JSON beside profile_to
+            opts.enable_profiling = True
+            opts.profile_file_prefix = os.path.join(os.path.dirname(profile_to), "ort")
         opts.intra_op_num_threads = threads  # explicit, so ORT does not also pin its own affinities
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -74,8 +80,13 @@ class OrtModel:
         run, feed, name = self.sess.run, {self.input_name: x}, None
         return lambda: run(name, feed)[0]
 
+    def finish_profile(self, path: str) -> None:
+        os.replace(self.sess.end_profiling(), path)
+
 
 class PteModel:
+    planned_mb = None  # the Python bindings' MethodMeta has no memory-planned buffer sizes (the native runner reports them)
+
     def __init__(self, data: bytes, threads: int):
         import torch  # ExecuTorch's pybindings take and return torch tensors
         from executorch.extension.pybindings import portable_lib
@@ -102,6 +113,34 @@ class PteModel:
         return lambda: execute(inputs)[0].numpy()
 
 
+class PteProfiledModel:
+    """ExecuTorch's Python bindings with ETDump on (portable_lib; executorch.runtime has no ETDump switch)."""
+    planned_mb = None
+
+    def __init__(self, data: bytes, threads: int):
+        import torch
+        from executorch.extension.pybindings import portable_lib
+
+        torch.set_num_threads(threads)
+        portable_lib._unsafe_reset_threadpool(threads)
+        self._torch = torch
+        self._data = data  # the loaded module points into these bytes: keep them alive
+        try:
+            self.module = portable_lib._load_for_executorch_from_buffer(data, enable_etdump=True, debug_buffer_size=0)
+        except Exception as e:
+            raise load_error("executorch", e)
+        tm = self.module.method_meta("forward").input_tensor_meta(0)
+        self.input_shape, self.input_dtype = list(tm.sizes()), "float32"
+        self.threads = {"threadpool": portable_lib._threadpool_get_thread_count(), "torch": torch.get_num_threads()}
+
+    def prepare(self, x):
+        forward, inputs = self.module.forward, [self._torch.from_numpy(x)]
+        return lambda: forward(inputs)[0].numpy()
+
+    def finish_profile(self, path: str) -> None:
+        self.module.write_etdump_result_to_file(path, path + ".debug")
+
+
 MEMORY_ERRORS = ("bad_alloc", "failed to allocate", "out of memory", "cannot allocate memory", "memoryerror",
                  "std::length_error")
 
@@ -117,9 +156,9 @@ def load_error(runtime: str, e: Exception) -> AgentError:
     return AgentError("load_failed", f"{runtime} cannot load the model: {_first_line(e)}")
 
 
-def load(data: bytes, runtime: str, threads: int):
+def load(data: bytes, runtime: str, threads: int, profile_to: str | None = None):
     if runtime == "onnxruntime":
-        return OrtModel(data, threads)
+        return OrtModel(data, threads, profile_to)
     if runtime == "executorch":
-        return PteModel(data, threads)
+        return PteProfiledModel(data, threads) if profile_to else PteModel(data, threads)
     raise AgentError("unknown_runtime", f"runtime {runtime!r} is not one this agent runs (executorch, onnxruntime)")

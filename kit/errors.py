@@ -46,3 +46,20 @@ class AgentRefused(DeviceError):
 
 class AgentProtocolError(DeviceError):
     """The agent's output is not a valid envelope (nothing printed, not JSON, wrong schema version)."""
+
+
+class HeartbeatLost(LinkLost):
+    """The agent's heartbeat stopped mid-verb (no line on its channel for the heartbeat timeout):
+    the device is frozen, hung or cut off while the TCP link looked alive. `step` names what ran.
+
+    Not retryable, unlike its parent: a retry would start the same long verb again on a device
+    that just stopped answering, and hold the batch for another timeout each time; the device is
+    marked failed and the rollout's --max-failures decides what follows (resume retries it)."""
+
+    retryable = False
+
+    def __init__(self, device: str, step: str, silent_s: float, timeout_s: float):
+        self.step, self.silent_s, self.timeout_s = step, silent_s, timeout_s
+        super().__init__(device, f"no heartbeat from the agent for {silent_s:.0f} s (heartbeat_timeout_s="
+                                 f"{timeout_s:g}) during {step}; the device is frozen or cut off, its "
+                                 f"connection was closed and it is marked failed")

@@ -29,7 +29,7 @@ def _columns(db, table: str) -> list[str]:
 # --- schema ---------------------------------------------------------------------------------
 def test_fresh_store_has_the_v2_schema(tmp_path):
     with ResultsStore(tmp_path / "r.db") as s:
-        assert s.schema_version == SCHEMA_VERSION == 2
+        assert s.schema_version == SCHEMA_VERSION == 3  # v3: issue 16 (memory columns, profiles)
         tables = {r[0] for r in s.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert {"artifacts", "devices", "runs", "measurements", "models", "recipes", "rollouts", "rollout_devices"} <= tables
         # The fleet owner writes these columns directly (CONTRACTS.md).
@@ -44,7 +44,7 @@ def test_fresh_store_has_the_v2_schema(tmp_path):
             with s.db:
                 s.db.execute("INSERT INTO rollout_devices (rollout_id, device) VALUES (999, 'x')")
     with ResultsStore(tmp_path / "r.db") as s:  # reopening is a no-op
-        assert s.schema_version == 2
+        assert s.schema_version == 3
 
 
 def test_newer_or_broken_store_is_refused_with_one_line(tmp_path):
@@ -102,7 +102,7 @@ def test_migration_from_v1_keeps_every_row_and_backfills(filled_store, tmp_path)
     _make_v1_store(path, real, manifest)
 
     with ResultsStore(path) as s:
-        assert s.schema_version == 2
+        assert s.schema_version == 3
         rows = s.measurements()
         assert len(rows) == 2
         pi5, local = rows

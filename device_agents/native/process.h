@@ -47,6 +47,15 @@ inline double status_mb(const char* key) {
   return 0.0;
 }
 
+// Reset the process's RSS high-water mark (VmHWM) so the next read is the peak from here on
+// (Linux >= 4.0: "5" > /proc/self/clear_refs); false where /proc forbids it.
+inline bool reset_peak_rss() {
+  FILE* f = std::fopen("/proc/self/clear_refs", "w");
+  if (f == nullptr) return false;
+  bool ok = std::fputs("5", f) >= 0;
+  return std::fclose(f) == 0 && ok;
+}
+
 inline std::vector<int> affinity() {
   cpu_set_t set;
   std::vector<int> out;

@@ -128,7 +128,8 @@ static json::Obj reference_check(const npy::Array& out, const npy::Array& ref, d
 
 static json::Obj run(const Opts& o, double t_start) {
   double hard_stop = t_start + o.deadline_s;
-  double rss_start = peak_rss_mb();
+  double rss_start = peak_rss_mb();  // ru_maxrss: carries the forking parent's peak over exec
+  double rss_now = status_mb("VmRSS:");  // the runner with the runtime libraries loaded
   json::Obj limits = apply_limits(o);
   tp::ThreadPool* pool = tp::get_threadpool();  // XNNPACK's pool, sized before the model loads
   if (pool == nullptr)  // cpuinfo could not read the CPU topology: XNNPACK cannot start either
@@ -137,6 +138,7 @@ static json::Obj run(const Opts& o, double t_start) {
   pool->_unsafe_reset_threadpool(uint32_t(o.threads));
 
   // The model: read, re-hash, refuse what cannot fit before allocating it.
+  double rss_before_load = status_mb("VmRSS:");  // the model's load cost includes its bytes in memory
   std::ifstream f(o.model, std::ios::binary | std::ios::ate);
   if (!f) throw Fail{"bad_input", "cannot open the model file " + o.model};
   uint64_t size = uint64_t(f.tellg());
@@ -165,6 +167,9 @@ static json::Obj run(const Opts& o, double t_start) {
   check(module.load(executorch::runtime::Program::Verification::InternalConsistency), "loading the program");
   check(module.load_forward(), "loading method forward");
   double load_ms = (mono_s() - t0) * 1e3;
+  double rss_after_load = status_mb("VmRSS:");
+  double hwm_load = status_mb("VmHWM:");  // per address space: starts fresh at exec, unlike ru_maxrss
+  bool hwm_reset = reset_peak_rss();
 
   auto meta_r = module.method_meta("forward");
   if (!meta_r.ok()) check(meta_r.error(), "loading forward's metadata");
@@ -248,6 +253,7 @@ static json::Obj run(const Opts& o, double t_start) {
     if (run_err == Error::Ok) throw;
     check(run_err, what);
   }
+  double inference_peak = hwm_reset ? status_mb("VmHWM:") : -1;
   std::vector<double> ms;
   for (auto v : ns) ms.push_back(v / 1e6);
   json::Obj latency = stats(ms);
@@ -260,7 +266,18 @@ static json::Obj run(const Opts& o, double t_start) {
   for (auto v : over) over_ms += v;
   over_ms = over_ms / n_over / 1e6;
 
-  json::Obj res;
+  json::Obj res, memory;
+  double planned = 0;
+  json::Arr planned_bufs;
+  for (size_t i = 0; i < meta.num_memory_planned_buffers(); i++) {
+    auto sz = meta.memory_planned_buffer_size(i);
+    if (sz.ok()) { planned += double(sz.get()); planned_bufs.num(double(sz.get())); }
+  }
+  memory.num("runtime_rss_mb", rss_now).num("before_load_rss_mb", rss_before_load).num("after_load_rss_mb", rss_after_load)
+      .num("model_load_mb", rss_after_load - rss_before_load).num("planned_mb", planned / (1024.0 * 1024.0))
+      .arr("planned_buffers_bytes", planned_bufs).num("peak_rss_mb", std::max(hwm_load, std::max(inference_peak, status_mb("VmHWM:"))));
+  if (inference_peak >= 0) memory.num("inference_peak_rss_mb", inference_peak);
+  else memory.raw("inference_peak_rss_mb", "null");
   if (tracer_ptr != nullptr) {
     auto dump = tracer_ptr->get_etdump_data();
     if (dump.buf == nullptr || dump.size == 0) res.raw("etdump", "null").str("etdump_reason", "the runtime recorded no events");
@@ -287,7 +304,7 @@ static json::Obj run(const Opts& o, double t_start) {
       .obj("agent_overhead", json::Obj().num("per_run_ms", over_ms).num("fraction_of_p50", p50 > 0 ? over_ms / p50 : 0)
            .str("method", "the timing loop around a no-op call, " + std::to_string(n_over) + " runs"))
       .num("peak_rss_mb", peak_rss_mb()).num("rss_after_import_mb", rss_start).obj("limits", limits)
-      .obj("reference_check", check_doc).arr("outputs", out_files).arr("window", win).num("window_s", w1 - w0);
+      .obj("reference_check", check_doc).obj("memory", memory).arr("outputs", out_files).arr("window", win).num("window_s", w1 - w0);
   return res;
 }
 

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from kit.cli._ops import memory_line, ops_table
 from kit.cli._ui import print_json, progress_bars, stdout
 from kit.errors import EdgeKitError
 
@@ -26,10 +27,13 @@ def _regression_message(v) -> str:
 
 def _measurement_table(m, title: str) -> Table:
     table = Table(title=title)
-    for col in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "cv", "runs", "load ms", "peak RSS MB", "ref check"):
+    mem = m.memory or {}
+    for col in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "cv", "runs", "load ms", "1st ms", "model load MB", "peak RSS MB", "ref check"):
         table.add_column(col, justify="right")
+    load_mb = mem.get("model_load_mb")
     table.add_row(f"{m.p50_ms:.3f}", f"{m.p90_ms:.3f}", f"{m.p99_ms:.3f}", f"{m.mean_ms:.3f}", f"{m.cv:.3f}", str(m.runs),
-                  f"{m.load_ms:.1f}", f"{m.peak_rss_mb:.1f}", "ok" if m.reference_passed else "FAILED")
+                  f"{m.load_ms:.1f}", f"{m.first_inference_ms:.2f}", "" if load_mb is None else f"{load_mb:.1f}",
+                  f"{m.peak_rss_mb:.1f}", "ok" if m.reference_passed else "FAILED")
     return table
 
 
@@ -46,12 +50,49 @@ def _regression_table(v) -> Table:
     return rt
 
 
+def _without_profile_bytes(m: dict) -> dict:
+    prof = (m.get("raw") or {}).get("profile")
+    if isinstance(prof, dict) and "data" in prof:  # the raw bytes are in the store (profiles table)
+        m["raw"]["profile"] = {k: v for k, v in prof.items() if k != "data"}
+    return m
+
+
 def _as_json(out, results: Path) -> dict:
     return {"run_id": out.run_id, "measurement_id": out.measurement_id, "results": str(results),
-            "measurement": asdict(out.measurement),
+            "measurement": _without_profile_bytes(asdict(out.measurement)),
             "twins": [{"compressed": s.compressed.label, "twin": s.twin.label, "device": s.compressed.device,
                        "speedup": s.speedup, "verdict": s.verdict, "line": s.honest_line} for s in out.twins],
             "regression": out.regression.to_dict() if out.regression is not None else None}
+
+
+def _cpus(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        cpus = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        cpus = []
+    if not cpus or min(cpus) < 0:
+        raise typer.BadParameter(f"{text!r}: give CPU numbers separated by commas, e.g. 0,1", param_hint="--cpus")
+    return cpus
+
+
+def _cooldown(text: str | None, device: str, inventory) -> float | None:
+    if text is None:
+        return None
+    if text == "inventory":
+        from kit.devices.inventory import Inventory
+
+        entries = Inventory.load(inventory).select(device)
+        value = entries[0].vars.get("cooldown_c") if len(entries) == 1 else None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise EdgeKitError(f"--cooldown inventory: device {device} has no numeric vars.cooldown_c in the inventory; "
+                               "give degrees, e.g. --cooldown 55")
+        return float(value)
+    try:
+        return float(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: degrees C (e.g. 55) or 'inventory'", param_hint="--cooldown") from None
 
 
 def register(app: typer.Typer) -> None:
@@ -68,6 +109,13 @@ def register(app: typer.Typer) -> None:
         inventory: Optional[Path] = typer.Option(None, "--inventory", "-i", help="Inventory YAML (default: <config dir>/devices.yaml)."),
         results: Optional[Path] = typer.Option(None, help="Results store (default: $EDGEKIT_RESULTS or <config dir>/results.db)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document instead of tables."),
+        profile: bool = typer.Option(False, "--profile", help="After the timed runs, profiled runs in a separate process: "
+                                     "a per-operator table (ETDump for .pte, ORT's profiler for .onnx/.ort), stored."),
+        profile_runs: int = typer.Option(10, "--profile-runs", min=2, help="Profiled runs (with --profile)."),
+        power: bool = typer.Option(False, "--power", help="Measure power during the timed window (where the device has a sensor)."),
+        cooldown: Optional[str] = typer.Option(None, "--cooldown", help="Wait until the hottest thermal zone is below "
+                                               "this many degrees C before timing; 'inventory' = the entry's cooldown_c."),
+        cpus: Optional[str] = typer.Option(None, "--cpus", help="Pin the model to these CPUs, e.g. 4,5,6,7."),
         pte_runtime: str = typer.Option("auto", "--pte-runtime", help="For .pte bundles: native (the C++ runner the kit "
                                         "builds and pushes; no torch on the device), python (ExecuTorch's Python "
                                         "bindings), auto (native when it can be built and pushed, else python)."),
@@ -83,7 +131,9 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"{pte_runtime!r} is not one of python, native, auto", param_hint="--pte-runtime")
         b = Bundle.load(bundle)
         path = Path(results) if results else results_path()
-        options = BenchOptions(runs=runs, warmup=warmup, threads=threads, deadline_s=deadline_s, pte_runtime=pte_runtime)
+        options = BenchOptions(runs=runs, warmup=warmup, threads=threads, deadline_s=deadline_s, pte_runtime=pte_runtime,
+                               profile=profile, profile_runs=profile_runs, power=power, cpus=_cpus(cpus),
+                               cooldown_c=_cooldown(cooldown, device, inventory))
         with progress_bars() as (progress, step):
             step(f"connecting to {device}")
             with open_device(device, inventory) as dev, ResultsStore(path) as store:
@@ -98,6 +148,9 @@ def register(app: typer.Typer) -> None:
         m = out.measurement
         rt = m.runtime + (f" via the {m.raw['pte_runtime']} runtime" if m.raw.get("pte_runtime") else "")
         stdout.print(_measurement_table(m, f"{m.model_name or bundle.name} on {m.device} ({rt}, {m.threads} thread(s))"))
+        stdout.print(escape(memory_line(m.memory)))
+        if profile:
+            stdout.print(ops_table(m.profile, m.model_name or bundle.name))
         if m.raw.get("native_runner_skipped"):
             stdout.print(f"[yellow]native runner not used: {escape(m.raw['native_runner_skipped'])}")
         power = m.power or {}

@@ -102,17 +102,17 @@ def register(app: typer.Typer) -> None:
     def check(
         target: str = typer.Argument("all", help="Device, group, 'all' or a comma-separated mix."),
         timeout: float = typer.Option(60.0, min=1, help="Seconds for the agent's answer."),
+        parallel: int = typer.Option(16, "--parallel", min=1, help="Devices checked at once (at most 8 per sshd)."),
         inventory: Optional[Path] = _INVENTORY,
         as_json: bool = _JSON,
     ):
-        """Connect to each device, install the agent if needed and run `info`; exit 1 if any failed."""
-        from kit.devices.health import check_device
+        """Connect to each device (in parallel), install the agent if needed and run `info`; exit 1 if any failed."""
         from kit.devices.inventory import Inventory
+        from kit.fleet.check import check_devices
 
-        results = []
-        for entry in Inventory.load(inventory).select(target):
-            with console.status(f"checking {entry.name}"):
-                results.append(check_device(entry, timeout=timeout))
+        entries = Inventory.load(inventory).select(target)
+        with console.status(f"checking {len(entries)} device(s), {min(parallel, len(entries))} at once"):
+            results = check_devices(entries, timeout=timeout, max_parallel=parallel)
         failed = [r.name for r in results if not r.ok]
         if as_json:
             print_json({"ok": not failed, "devices": [r.to_dict() for r in results]})

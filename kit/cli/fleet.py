@@ -116,6 +116,9 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(1, "--threads", min=1),
         retries: int = typer.Option(4, "--retries", min=0, help="Retries per step on connection failures."),
         parallel: int = typer.Option(32, "--parallel", min=1, help="Devices handled at once."),
+        deadline_s: float = typer.Option(300.0, "--deadline-s", min=1, help="Overall deadline of one agent step."),
+        heartbeat_timeout_s: float = typer.Option(20.0, "--heartbeat-timeout-s", min=0,
+                                                  help="A device whose agent is silent this long mid-step is dead (0: off)."),
         inventory: Optional[Path] = _INVENTORY,
         results: Optional[Path] = _RESULTS,
         as_json: bool = typer.Option(False, "--json", help="Print the rollout record as one JSON document."),
@@ -133,7 +136,8 @@ def register(app: typer.Typer) -> None:
         b = Bundle.load(bundle)
         opts = RolloutOptions(canary=canary, batch_size=batch_size, max_failures=max_failures,
                               latency_budget_ms=latency_budget_ms, latency_stat=latency_stat, health_runs=health_runs,
-                              threads=threads, retries=retries, max_parallel=parallel)
+                              threads=threads, retries=retries, max_parallel=parallel, agent_timeout_s=deadline_s,
+                              heartbeat_timeout_s=heartbeat_timeout_s)
         entries = _entries(inventory, group)
         states: dict = {}
         started = time.monotonic()

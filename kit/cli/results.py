@@ -42,7 +42,8 @@ def _when(t) -> str:
 def _measurements_table(rows: list[dict], title: str) -> Table:
     energy = any(r.get("energy_mj") is not None for r in rows)
     table = Table(title=escape(title))
-    for col in ("id", "run", "variant", "device", "runtime", "thr", "KiB", "top-1", "p50 ms", "p99 ms", "cv") + (("mJ",) if energy else ()) + ("ref",):
+    for col in ("id", "run", "variant", "device", "runtime", "thr", "KiB", "top-1", "p50 ms", "p99 ms", "cv") + (("mJ",) if energy else ()) + (
+            "load ms", "1st ms", "import MB", "model MB", "infer peak MB", "planned MB", "ref"):
         table.add_column(col, justify="left" if col in ("variant", "device", "runtime") else "right", overflow="fold")
     for r in rows:
         acc = r["accuracy"] if r["accuracy"] is not None else r.get("artifact_accuracy")
@@ -50,7 +51,9 @@ def _measurements_table(rows: list[dict], title: str) -> Table:
                       escape(r["device"]) + (" (emulated)" if r.get("emulated") else ""), r["runtime"], str(r["threads"]),
                       _f(r["size_bytes"] / 1024 if r["size_bytes"] is not None else None, ".0f"),
                       "" if acc is None else f"{100 * acc:.2f}%", _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r["cv"], ".2f"),
-                      *((_f(r.get("energy_mj")),) if energy else ()), {1: "ok", 0: "FAILED", None: ""}[r["reference_passed"]])
+                      *((_f(r.get("energy_mj")),) if energy else ()), _f(r.get("load_ms"), ".1f"), _f(r.get("first_inference_ms"), ".2f"),
+                      _f(r.get("runtime_import_mb"), ".1f"), _f(r.get("model_load_mb"), ".1f"), _f(r.get("inference_peak_mb"), ".1f"),
+                      _f(r.get("planned_mb"), ".2f"), {1: "ok", 0: "FAILED", None: ""}[r["reference_passed"]])
     return table
 
 
@@ -89,10 +92,12 @@ def register(app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, help="Only this device."),
         fmt: Fmt = typer.Option(Fmt.table, "--format", "-f", help="table, json or csv."),
         samples: bool = typer.Option(False, help="Include every timed repetition (json/csv)."),
+        ops: bool = typer.Option(False, "--ops", help="Also the per-operator table of each profiled measurement (bench --profile)."),
         results: Optional[Path] = typer.Option(None, "--results", "--db", help=_RESULTS_HELP),
         as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
     ):
         """Show the measurements of one run, or the latest of each artifact/device."""
+        from kit.cli._ops import ops_table
         from kit.results.export import export_text, to_records
 
         with _open(results) as store:
@@ -101,13 +106,19 @@ def register(app: typer.Typer) -> None:
                 rows = store.measurements(run, device=device)
             else:
                 rows = store.latest_measurements(device=device)
+            profiles = {r["id"]: store.profile(r["id"]) for r in rows} if ops else {}
             if as_json:
-                print_json(to_records(rows, samples=samples))
+                recs = to_records(rows, samples=samples)
+                for rec, r in zip(recs, rows) if ops else ():
+                    rec["profile"] = profiles[r["id"]]
+                print_json(recs)
                 return
             if fmt != Fmt.table:
                 typer.echo(export_text(rows, fmt.value, samples=samples), nl=False)
                 return
             stdout.print(_measurements_table(rows, f"run {run}" if run is not None else "latest measurement per artifact, device and threads"))
+            for r in rows if ops else ():
+                stdout.print(ops_table(profiles[r["id"]], f"measurement {r['id']} {r['variant'] or r['sha256'][:12]} on {r['device']}"))
 
     @results_app.command("export")
     def results_export(
@@ -139,18 +150,20 @@ def register(app: typer.Typer) -> None:
         confidence: float = typer.Option(0.99, min=0.5, max=0.9999, help="Confidence level of the noise verdict."),
         fmt: Fmt = typer.Option(Fmt.table, "--format", "-f", help="table or json (csv: use 'edgekit results export')."),
         results: Optional[Path] = typer.Option(None, "--results", "--db", help=_RESULTS_HELP),
+        ops: bool = typer.Option(False, "--ops", help="Line up the per-operator profiles of each pair by operator type."),
         as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
     ):
         """Compare two runs, two devices or two artifacts: ratios B/A and whether latency moved beyond noise."""
+        from kit.cli._ops import ops_compare_table
         from kit.results.compare import compare
+        from kit.results.ops import comparison_ops
 
         with _open(results) as store:
             c = compare(store, a, b, confidence=confidence)
-        if as_json:
-            print_json(c.to_dict())
-            return
-        if fmt != Fmt.table:
-            typer.echo(json.dumps(c.to_dict(), indent=2))
+            op_rows = comparison_ops(store, c) if ops else []
+        if as_json or fmt != Fmt.table:
+            doc = {**c.to_dict(), **({"ops": op_rows} if ops else {})}
+            print_json(doc) if as_json else typer.echo(json.dumps(doc, indent=2))
             return
         energy = any(r.energy_ratio is not None for r in c.rows)
         table = Table(title=escape(f"{c.a} (A) vs {c.b} (B)"))
@@ -174,6 +187,12 @@ def register(app: typer.Typer) -> None:
         for label, keys in (("only in A", c.only_in_a), ("only in B", c.only_in_b)):
             if keys:
                 stdout.print(escape(f"{label}: {', '.join(keys)}"))
+        for r in c.rows:
+            mem = [f"{side}: load +{_f(x.get('model_load_mb'), '.1f')} MB, import {_f(x.get('runtime_import_mb'), '.1f')} MB, "
+                   f"inference peak {_f(x.get('inference_peak_mb'), '.1f')} MB" for side, x in (("A", r.a), ("B", r.b))]
+            stdout.print(escape(f"memory {r.key}: " + "; ".join(mem)))
+        for o in op_rows:
+            stdout.print(ops_compare_table(o["ops"], o["a"], o["b"]) if o["ops"] else escape(f"{o['key']}: {o['missing']}"))
 
     @app.command("report")
     def report_cmd(

@@ -35,11 +35,12 @@ def parse_envelope(device: str, stdout: bytes | str, *, exit_code: int | None = 
                    stderr: bytes | str = b"") -> dict:
     """device_agents.protocol.parse_reply with the device named in the error (and, when given, the
     agent's exit code and the tail of its stderr: what a user needs to see why it said nothing)."""
-    from device_agents.protocol import ProtocolError, parse_reply
+    from device_agents.protocol import ProtocolError, parse_reply, strip_heartbeats
 
     try:
         return parse_reply(stdout)
     except ProtocolError as e:
+        stderr = strip_heartbeats(stderr)  # the agent's liveness lines say nothing about why it failed
         tail = (stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr).strip()[-300:]
         detail = f" (exit {exit_code})" if exit_code is not None else ""
         raise AgentProtocolError(device, f"{e}{detail}" + (f": {tail}" if tail else "")) from None

@@ -27,9 +27,15 @@ class BenchOptions:
     idle_s: float | None = None  # idle power measured this long before the run (with power)
     cooldown_c: float | None = None  # wait until the SoC is this cool before timing
     pte_runtime: str = "auto"  # .pte: native (the runner, pushed once), python (the bindings), auto (native if possible)
+    profile: bool = False  # extra profiled runs after the timed ones; the per-operator table lands in Measurement.profile
+    profile_runs: int = 10
 
     def to_agent_opts(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        opts = {k: v for k, v in asdict(self).items() if v is not None}
+        if not self.profile:  # agents before issue 16 know no profile options
+            opts.pop("profile", None)
+            opts.pop("profile_runs", None)
+        return opts
 
 
 @dataclass
@@ -54,6 +60,8 @@ class Measurement:
     power: dict = field(default_factory=dict)
     thermal: dict = field(default_factory=dict)
     raw: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)  # the split: runtime import, model load, inference peak, planned (MiB)
+    profile: dict | None = None  # kit.profiles table (rows per operator / delegate block), with --profile
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -78,11 +86,28 @@ def bench(device: Device, bundle: Bundle, options: BenchOptions | None = None) -
     r = result_of(device.name, f"bench of {bundle.path.name}", doc)
     if skipped:
         r["native_runner_skipped"] = skipped
+    r["options"] = opts  # as sent: cpus, power, cooldown_c, profile ... recorded with the figures
     lat = r["latency"]
+    profile = None
+    if isinstance(r.get("profile"), dict):
+        from kit.profiles import profile_table
+
+        profile = profile_table(r["profile"], bundle.path)
     return Measurement(
         device=device.name, bundle_id=r["bundle_id"], model_name=r.get("model_name") or "", runtime=r["runtime"],
         p50_ms=lat["p50_ms"], p90_ms=lat["p90_ms"], p99_ms=lat["p99_ms"], mean_ms=lat["mean_ms"], std_ms=lat["std_ms"],
         cv=lat["cv"], runs=lat["runs"], load_ms=r["load_ms"], first_inference_ms=r["first_inference_ms"],
         peak_rss_mb=r["peak_rss_mb"], reference_passed=r["reference_check"]["passed"], threads=r["threads"],
         samples_summary=lat, power=r.get("power", {}), thermal=r.get("thermal", {}), raw=r,
+        memory=memory_split(r), profile=profile,
     )
+
+
+def memory_split(r: dict) -> dict:
+    """The agent's memory figures (MiB) with load and first-inference times; older agents: what they sent."""
+    mem = dict(r.get("memory") or {})
+    mem.setdefault("peak_rss_mb", r.get("peak_rss_mb"))
+    if "runtime_rss_mb" not in mem and r.get("rss_after_import_mb") is not None:
+        mem["runtime_rss_mb"] = r["rss_after_import_mb"]
+    mem["load_ms"], mem["first_inference_ms"] = r.get("load_ms"), r.get("first_inference_ms")
+    return mem

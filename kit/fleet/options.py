@@ -25,7 +25,8 @@ class RolloutOptions:
     retries: int = 4                         # per step, connection failures only
     backoff_s: float = 0.5
     backoff_max_s: float = 8.0
-    agent_timeout_s: float = 300.0
+    agent_timeout_s: float = 300.0          # the overall deadline of one agent verb (push, activate, gate)
+    heartbeat_timeout_s: float = 20.0        # an agent silent this long mid-verb = a dead device (HeartbeatLost)
 
     def __post_init__(self):
         for name in ("canary", "batch_size", "max_parallel", "max_connects_per_sshd"):
@@ -33,6 +34,8 @@ class RolloutOptions:
                 raise EdgeKitError(f"rollout option {name}={getattr(self, name)}: must be at least 1")
         if self.max_failures < 0 or self.retries < 0:
             raise EdgeKitError("rollout options max_failures and retries must be 0 or more")
+        if self.heartbeat_timeout_s < 0:
+            raise EdgeKitError("rollout option heartbeat_timeout_s must be 0 (off) or more")
         if self.latency_stat not in LATENCY_STATS:
             raise EdgeKitError(f"rollout option latency_stat={self.latency_stat!r}: use p50_ms, p90_ms, p99_ms, mean_ms, min_ms or max_ms")
 
@@ -41,6 +44,20 @@ class RolloutOptions:
         from kit.fleet.group import Group
         from kit.fleet.session import Retry
 
+        if connect is None:
+            connect = lambda entry: connect_entry(entry, self.heartbeat_timeout_s)  # noqa: E731
         return Group(entries, connect=connect, max_parallel=self.max_parallel,
                      max_connects_per_sshd=self.max_connects_per_sshd,
                      retry=Retry(self.retries, self.backoff_s, self.backoff_max_s), on_retry=on_retry)
+
+
+def connect_entry(entry, heartbeat_timeout_s: float):
+    """Open one device of a fleet operation: SSH devices with this heartbeat timeout."""
+    from kit.devices.entry import LOCAL
+    from kit.devices.inventory import connect
+
+    if entry.name == LOCAL:
+        return connect(entry)
+    from kit.devices.ssh.connection import Deadlines  # late: paramiko only for SSH devices
+
+    return connect(entry, deadlines=Deadlines(heartbeat_timeout_s=heartbeat_timeout_s))

@@ -31,8 +31,11 @@ class Delegation:
 _FREE_OPS = {"getitem", "executorch_call_delegate", "output", "alloc"}
 
 
-def export_pte(module: torch.nn.Module, example_input: tuple[torch.Tensor, ...], out_path: str | Path) -> Delegation:
-    """Lower `module` to XNNPACK and write the .pte atomically; return the delegation summary."""
+def export_pte(module: torch.nn.Module, example_input: tuple[torch.Tensor, ...], out_path: str | Path,
+               etrecord_path: str | Path | None = None) -> Delegation:
+    """Lower `module` to XNNPACK and write the .pte atomically; return the delegation summary.
+    `etrecord_path`: also write the ETRecord (the graphs behind the .pte's debug handles, for
+    executorch.devtools Inspector: per-operator profiles name aten ops and the delegate's backend)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import to_edge_transform_and_lower
@@ -44,7 +47,8 @@ def export_pte(module: torch.nn.Module, example_input: tuple[torch.Tensor, ...],
     except Exception as e:
         raise EdgeKitError(f"torch.export cannot trace the model for ExecuTorch ({type(e).__name__}: {str(e).splitlines()[0][:160]})") from e
     try:
-        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()],
+                                           generate_etrecord=etrecord_path is not None)
     except Exception as e:  # SpecViolationError, a partitioner or pass refusing an op: one line
         raise lowering_error(exported, e) from e
     # Scalar constants of decomposed ops (hardswish/hardsigmoid in MobileNetV3: 18 of them) stay
@@ -63,12 +67,24 @@ def export_pte(module: torch.nn.Module, example_input: tuple[torch.Tensor, ...],
     tmp = out_path.with_name(out_path.name + ".part")
     tmp.write_bytes(program.buffer)
     tmp.replace(out_path)
+    if etrecord_path is not None:
+        _save_etrecord(program, Path(etrecord_path))
     return Delegation(
         delegated_subgraphs=info.num_delegated_subgraphs,
         delegated_nodes=info.num_delegated_nodes,
         non_delegated_nodes=sum(non_delegated.values()),
         non_delegated_ops=non_delegated,
     )
+
+
+def _save_etrecord(program, path: Path) -> None:
+    """Best effort: a profile without an ETRecord still has every row (kit.profiles.etdump says what is lost)."""
+    try:
+        tmp = path.with_name(path.name + ".part")
+        program.get_etrecord().save(str(tmp))
+        tmp.replace(path)
+    except Exception:  # noqa: BLE001 - the .pte is what packaging promises; the ETRecord is extra
+        path.unlink(missing_ok=True)
 
 
 _OP = re.compile(r"\b(aten|quantized_decomposed|dim_order_ops|torchao)[.:]+([A-Za-z0-9_]+)")

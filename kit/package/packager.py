@@ -6,6 +6,7 @@ Targets: "executorch" (.pte lowered to XNNPACK), "onnx" (.onnx, optionally ORT-o
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from kit.package.executorch import Delegation, PteRunner, export_pte
 from kit.package.onnx import OrtRunner, export_onnx, self_contained_onnx
 from kit.package.ort import OPS_CONFIG, OPT_LEVELS, convert_to_ort, optimize_onnx
 from kit.package.verify import BundleRefused, Verified, verify
+from kit.profiles import etrecord_path
 from kit.progress import ProgressFn, report
 
 TARGETS = ("executorch", "onnx", "ort")
@@ -133,7 +135,7 @@ def package(model, target: str, out_dir: str | Path, example_input: np.ndarray |
             example = (torch.from_numpy(example_input),)
             if target == "executorch":
                 model_file = tmp / "model.pte"
-                delegation = export_pte(module, example, model_file)
+                delegation = export_pte(module, example, model_file, etrecord_path=tmp / "model.etrecord")
                 extra["delegation"] = delegation.to_dict()
                 warning = _delegation_warning(delegation)
                 if warning:
@@ -178,6 +180,11 @@ def package(model, target: str, out_dir: str | Path, example_input: np.ndarray |
         bundle = write_bundle(out_dir, model_file, name, example_input, reference_output, extra=extra,
                               tolerance=tolerance, sequence=sequence, expires=expires, extra_files=extra_files,
                               runtime=runtime, inputs=inputs, outputs=outputs, preprocessing=preprocessing, key=key)
+        rec, beside = tmp / "model.etrecord", etrecord_path(bundle.path)
+        if rec.is_file():  # kept beside the bundle (not in it: devices never need it), for bench --profile
+            shutil.move(str(rec), str(beside))
+        elif beside.is_file():
+            beside.unlink()  # an older artifact's: it would name the wrong graph
         report(progress, "package", 4, steps)
     bundle.warnings = warnings
     return bundle

@@ -112,7 +112,9 @@ def summary(row: dict) -> dict:
             "p90_ms": row["p90_ms"], "p99_ms": row["p99_ms"], "runs": row["runs"], "size_bytes": row["size_bytes"],
             "accuracy": row["accuracy"] if row.get("accuracy") is not None else row.get("artifact_accuracy"),
             "accuracy_n": row.get("accuracy_n"), "energy_mj": row.get("energy_mj"), "peak_rss_mb": row["peak_rss_mb"],
-            "reference_passed": None if row["reference_passed"] is None else bool(row["reference_passed"])}
+            "reference_passed": None if row["reference_passed"] is None else bool(row["reference_passed"]),
+            **{k: row.get(k) for k in ("runtime_import_mb", "model_load_mb", "inference_peak_mb", "planned_mb",
+                                       "load_ms", "first_inference_ms")}}
 
 
 def _ratio(b, a):

@@ -99,3 +99,21 @@ def energy_bars(points: list[Point], colors: dict[str, str]):
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def top_ops_chart(profile: dict, label: str, n: int = 10):
+    """Horizontal bars: the `n` operators with the most time per run (share of the run in the labels)."""
+    rows = sorted((r for r in profile.get("rows", []) if r["level"] == "op"), key=lambda r: -r["total_ms"])[:n]
+    fig = _figure(7, 0.35 * max(len(rows), 2) + 1)
+    ax = fig.add_subplot()
+    names = [(r["name"] if len(r["name"]) <= 40 else r["name"][:37] + "...") for r in rows][::-1]
+    vals = [r["total_ms"] for r in rows][::-1]
+    colors = ["#d62728" if r.get("quantized") else "#1f77b4" for r in rows][::-1]
+    ax.barh(range(len(rows)), vals, color=colors)
+    ax.set_yticks(range(len(rows)), names, fontsize=8)
+    for i, r in enumerate(rows[::-1]):
+        if r.get("share") is not None:
+            ax.text(vals[i], i, f" {100 * r['share']:.1f}%", va="center", fontsize=7)
+    ax.set_xlabel("ms per run (red: quantized)")
+    ax.set_title(f"Top operators: {label} ({profile.get('format')}, {profile.get('run_ms') or 0:.3f} ms per run)", fontsize=9)
+    return fig

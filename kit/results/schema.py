@@ -14,7 +14,7 @@ import time
 
 from kit.errors import EdgeKitError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Version 1, as shipped first (kept verbatim: it is the starting point of every migration).
 SCHEMA_V1 = """
@@ -111,6 +111,37 @@ CREATE INDEX measurements_by_artifact_device ON measurements(artifact_id, device
 CREATE INDEX measurements_by_run ON measurements(run_id);
 """
 
+# Version 3 (issue 16): the memory split as queryable columns, and per-operator profiles (the table
+# the kit parsed and the raw bytes the device sent: ETDump or ORT trace JSON) beside the measurement.
+SCHEMA_V3 = """
+ALTER TABLE measurements ADD COLUMN runtime_import_mb REAL;
+ALTER TABLE measurements ADD COLUMN model_load_mb REAL;
+ALTER TABLE measurements ADD COLUMN inference_peak_mb REAL;
+ALTER TABLE measurements ADD COLUMN planned_mb REAL;
+CREATE TABLE profiles (
+    measurement_id INTEGER PRIMARY KEY REFERENCES measurements(id),
+    format TEXT,
+    ops_json TEXT,
+    raw BLOB
+);
+"""
+
+
+def memory_columns(raw: dict | None) -> dict:
+    """v3's memory columns from the agent's result (older agents: only what they sent)."""
+    mem = (raw or {}).get("memory") or {}
+    import_mb = mem.get("runtime_import_mb")
+    return {"runtime_import_mb": import_mb if import_mb is not None else mem.get("runtime_rss_mb", (raw or {}).get("rss_after_import_mb")),
+            "model_load_mb": mem.get("model_load_mb"), "inference_peak_mb": mem.get("inference_peak_rss_mb"),
+            "planned_mb": mem.get("planned_mb")}
+
+
+def _backfill_v3(db: sqlite3.Connection) -> None:
+    for m_id, raw in db.execute("SELECT id, raw_json FROM measurements").fetchall():
+        c = memory_columns(loads(raw, {}))
+        db.execute("UPDATE measurements SET runtime_import_mb=?, model_load_mb=?, inference_peak_mb=?, planned_mb=? WHERE id=?",
+                   (c["runtime_import_mb"], c["model_load_mb"], c["inference_peak_mb"], c["planned_mb"], m_id))
+
 
 def loads(text, default=None):
     if text is None:
@@ -164,7 +195,7 @@ def insert_recipe(db: sqlite3.Connection, recipe: dict) -> int:
 
 # version reached -> (DDL script, data step). Scripts are split on ';' and run statement by
 # statement inside one explicit transaction (sqlite3.executescript would commit on its own).
-MIGRATIONS = {1: (SCHEMA_V1, None), 2: (SCHEMA_V2, _backfill_v2)}
+MIGRATIONS = {1: (SCHEMA_V1, None), 2: (SCHEMA_V2, _backfill_v2), 3: (SCHEMA_V3, _backfill_v3)}
 
 
 def schema_version(db: sqlite3.Connection) -> int:

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from kit.errors import EdgeKitError
-from kit.results.schema import SCHEMA_VERSION, derived_columns, insert_recipe, loads, migrate, schema_version
+from kit.results.schema import (SCHEMA_VERSION, derived_columns, insert_recipe, loads, memory_columns, migrate,
+                                schema_version)
 
 __all__ = ["ResultsStore", "decode", "SCHEMA_VERSION"]
 
@@ -138,17 +139,29 @@ class ResultsStore:
         device_id = self.add_device(measurement.device, device_info, emulated)
         m = measurement
         d = derived_columns(m.raw, m.power, m.thermal)
+        mem = memory_columns(m.raw)
+        raw = dict(m.raw)
+        sent = raw.pop("profile", None)  # the raw bytes go to the profiles table, not into raw_json
+        if isinstance(sent, dict):
+            raw["profile"] = {k: v for k, v in sent.items() if k != "data"}
         with self.db:
-            return self.db.execute(
+            mid = self.db.execute(
                 "INSERT INTO measurements (run_id, artifact_id, device_id, created, threads, p50_ms, p90_ms, p99_ms, mean_ms, "
                 "std_ms, cv, runs, load_ms, first_inference_ms, peak_rss_mb, reference_passed, accuracy, power_json, "
                 "thermal_json, samples_json, raw_json, min_ms, max_ms, mean_power_w, energy_mj, throttled) "
                 "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, artifact_id, device_id, time.time(), m.threads, m.p50_ms, m.p90_ms, m.p99_ms, m.mean_ms, m.std_ms,
                  m.cv, m.runs, m.load_ms, m.first_inference_ms, m.peak_rss_mb, int(m.reference_passed), accuracy,
-                 json.dumps(m.power), json.dumps(m.thermal), json.dumps(m.raw.get("samples_ms", [])), json.dumps(m.raw),
+                 json.dumps(m.power), json.dumps(m.thermal), json.dumps(m.raw.get("samples_ms", [])), json.dumps(raw),
                  d["min_ms"], d["max_ms"], d["mean_power_w"], d["energy_mj"], d["throttled"]),
             ).lastrowid
+            self.db.execute("UPDATE measurements SET runtime_import_mb=?, model_load_mb=?, inference_peak_mb=?, planned_mb=? WHERE id=?",
+                            (mem["runtime_import_mb"], mem["model_load_mb"], mem["inference_peak_mb"], mem["planned_mb"], mid))
+            table = getattr(m, "profile", None)
+            if table is not None:
+                self.db.execute("INSERT INTO profiles (measurement_id, format, ops_json, raw) VALUES (?, ?, ?, ?)",
+                                (mid, table.get("format"), json.dumps(table), _profile_bytes(sent)))
+            return mid
 
     # --- reading -------------------------------------------------------------------------
     def measurements(self, run_id: int | None = None, *, device: str | None = None, sha256: str | None = None,
@@ -184,6 +197,16 @@ class ResultsStore:
                               (sha256, device, threads)).fetchone()
         return dict(row) if row else None
 
+    def profile(self, measurement_id: int) -> dict | None:
+        """The per-operator table stored with a measurement (kit.profiles), or None (no --profile)."""
+        row = self.db.execute("SELECT ops_json FROM profiles WHERE measurement_id = ?", (measurement_id,)).fetchone()
+        return loads(row[0]) if row else None
+
+    def profile_raw(self, measurement_id: int) -> bytes | None:
+        """The raw profile the device sent (ETDump or ORT trace JSON), or None."""
+        row = self.db.execute("SELECT raw FROM profiles WHERE measurement_id = ?", (measurement_id,)).fetchone()
+        return bytes(row[0]) if row and row[0] is not None else None
+
     def runs(self) -> list[dict]:
         sql = ("SELECT ru.*, COUNT(m.id) AS measurements, GROUP_CONCAT(DISTINCT d.name) AS devices "
                "FROM runs ru LEFT JOIN measurements m ON m.run_id = ru.id LEFT JOIN devices d ON d.id = m.device_id "
@@ -202,6 +225,14 @@ class ResultsStore:
 
     def artifacts(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM artifacts ORDER BY id")]
+
+
+def _profile_bytes(sent) -> bytes | None:
+    if not isinstance(sent, dict) or not sent.get("data"):
+        return None
+    from kit.profiles import raw_bytes
+
+    return raw_bytes(sent)
 
 
 def decode(row: dict) -> dict:

@@ -8,6 +8,10 @@
   closes the transport hard on expiry.
 - Every failure of the link leaves as kit.errors.LinkLost (DeviceUnreachable when no connection
   could be made at all): callers retry by type, never by message.
+- Liveness: every agent call is watched for the agent's heartbeat (device_agents.liveness, a line
+  on stderr every few seconds). A silence longer than Deadlines.heartbeat_timeout_s closes the
+  connection and raises kit.errors.HeartbeatLost naming the device and the step: a frozen device
+  is found in seconds, not at the verb's overall deadline. Heartbeat lines never reach on_stderr.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ import paramiko
 from kit.devices.base import parse_envelope
 from kit.devices.enrol import fingerprint, known_hosts_name
 from kit.devices.entry import DeviceEntry
+from device_agents.protocol import is_heartbeat, strip_heartbeats
 from kit.devices.ssh.target import SshTarget, known_hosts_files, resolve_target
-from kit.errors import AgentProtocolError, DeviceError, DeviceUnreachable, HostKeyRejected, LinkLost
+from kit.errors import AgentProtocolError, DeviceError, DeviceUnreachable, HeartbeatLost, HostKeyRejected, LinkLost
 
 # What a dead or stalled link raises inside paramiko (socket.timeout is an OSError; SFTPError is a
 # garbled SFTP stream). Which of these is really the link, not a refusal, is decided where caught.
@@ -41,6 +46,7 @@ class Deadlines:
     io_idle_s: float = 15.0      # longest silence tolerated inside one SFTP read/write
     transfer_s: float = 60.0
     min_rate_bps: float = 256 * 1024
+    heartbeat_timeout_s: float = 20.0  # longest silence of a running agent (it beats every ~2 s); 0: off
 
     def transfer(self, nbytes: int) -> float:
         return self.transfer_s + nbytes / self.min_rate_bps
@@ -206,16 +212,18 @@ class SshConnection:
             raise error(self.name, f"{what} did not finish within {seconds:g} s; the connection was closed")
 
     # --- remote commands -----------------------------------------------------------------
-    def exec(self, command: str, timeout: float, *, stdin: bytes | None = None, on_stderr=None) -> tuple[int, bytes, bytes]:
+    def exec(self, command: str, timeout: float, *, stdin: bytes | None = None, on_stderr=None,
+             step: str | None = None) -> tuple[int, bytes, bytes]:
         """Run one command line (built with shlex.quote by the caller) under a deadline:
-        (exit code, -1 if none came; stdout; stderr). Link failures raise LinkLost."""
+        (exit code, -1 if none came; stdout; stderr). Link failures raise LinkLost. With `step`
+        (an agent call) the agent's heartbeat is watched: HeartbeatLost names that step."""
         transport = self._transport()
         label = f"command {command.split()[0]!r}"
         with self._deadline(timeout + self.deadlines.connect_s, label):
             try:
                 chan = transport.open_session(timeout=self.deadlines.connect_s)
                 try:
-                    return self._run(chan, command, time.monotonic() + timeout, stdin, on_stderr)
+                    return self._run(chan, command, time.monotonic() + timeout, stdin, on_stderr, step)
                 finally:
                     chan.close()
             except (socket.timeout, TimeoutError):
@@ -223,25 +231,16 @@ class SshConnection:
             except LINK_ERRORS as e:
                 raise self._link_lost(f"running {label}", e) from None
 
-    def _run(self, chan: paramiko.Channel, command: str, end: float, stdin: bytes | None, on_stderr):
+    def _run(self, chan: paramiko.Channel, command: str, end: float, stdin: bytes | None, on_stderr,
+             step: str | None = None):
         out, err = bytearray(), bytearray()
         chan.settimeout(self.deadlines.io_idle_s)
         chan.exec_command(command)
-        if stdin is not None:
-            view = memoryview(stdin)
-            try:
-                for i in range(0, len(view), 1 << 16):
-                    if chan.exit_status_ready():
-                        break  # the device answered (a refusal) without reading everything
-                    chan.sendall(view[i:i + (1 << 16)])
-                    if time.monotonic() > end:
-                        raise _DeadlineExpired()
-                chan.shutdown_write()
-            except OSError:
-                if not chan.exit_status_ready() and not chan.closed:
-                    raise
-        pending = b""
-        while True:
+        hb_timeout = self.deadlines.heartbeat_timeout_s if step else 0
+        heard = [time.monotonic(), b""]  # when the agent last spoke; a partial stderr line
+
+        def pump() -> bool:
+            """Take what has arrived (stdout, stderr); True if anything did."""
             got = False
             if chan.recv_ready():
                 out.extend(chan.recv(1 << 16))
@@ -250,12 +249,44 @@ class SshConnection:
                 chunk = chan.recv_stderr(1 << 16)
                 err.extend(chunk)
                 got = True
-                if on_stderr is not None:
-                    pending += chunk
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
+                *lines, heard[1] = (heard[1] + chunk).split(b"\n")
+                for line in lines:
+                    if on_stderr is not None and not is_heartbeat(line):
                         on_stderr(line.decode(errors="replace"))
             if got:
+                heard[0] = time.monotonic()
+            return got
+
+        def check_alive() -> None:
+            if time.monotonic() > end:
+                raise _DeadlineExpired()
+            silent = time.monotonic() - heard[0]
+            if hb_timeout and silent > hb_timeout and not chan.exit_status_ready():
+                self._hard_close()
+                raise HeartbeatLost(self.name, step, silent, hb_timeout)
+
+        if stdin is not None:
+            view, sent = memoryview(stdin), 0
+            try:
+                # Never block in a send: a frozen device stops opening the window, and its silence
+                # must still be noticed (the heartbeat), so read while writing.
+                while sent < len(view):
+                    if chan.exit_status_ready():
+                        break  # the device answered (a refusal) without reading everything
+                    pump()
+                    if chan.send_ready():
+                        sent += chan.send(view[sent:sent + (1 << 16)])
+                    else:
+                        if chan.closed or not chan.get_transport().is_active():
+                            raise OSError("the channel closed while sending")
+                        chan.status_event.wait(0.01)
+                    check_alive()
+                chan.shutdown_write()
+            except OSError:
+                if not chan.exit_status_ready() and not chan.closed:
+                    raise
+        while True:
+            if pump():
                 continue
             # sshd may send exit-status before the last of the output: the command is done
             # only once EOF has arrived too (else trailing stdout is silently lost).
@@ -263,8 +294,7 @@ class SshConnection:
                 if not (chan.recv_ready() or chan.recv_stderr_ready()):
                     break
                 continue
-            if time.monotonic() > end:
-                raise _DeadlineExpired()
+            check_alive()
             if not chan.get_transport().is_active():
                 raise LinkLost(self.name, f"the connection dropped while running {command.split()[0]!r}")
             if chan.exit_status_ready():
@@ -274,17 +304,20 @@ class SshConnection:
         if not chan.exit_status_ready() and not chan.get_transport().is_active():
             raise LinkLost(self.name, f"the connection dropped while running {command.split()[0]!r}")
         code = chan.recv_exit_status() if chan.exit_status_ready() else -1
-        return code, bytes(out), bytes(err)
+        return code, bytes(out), strip_heartbeats(bytes(err)) if step else bytes(err)
 
     # --- the agent -------------------------------------------------------------------------
     def _agent_command(self, args: list[str]) -> str:
         """The command line that runs the agent with `args` (kit.devices.ssh.files knows where it lives)."""
         raise NotImplementedError
 
-    def _agent_reply(self, args: list[str], timeout: float, *, stdin: bytes | None = None, on_stderr=None) -> dict:
-        """One agent call: its envelope (ok or not). No exit status and no envelope = the link broke."""
+    def _agent_reply(self, args: list[str], timeout: float, *, stdin: bytes | None = None, on_stderr=None,
+                     step: str | None = None) -> dict:
+        """One agent call: its envelope (ok or not). No exit status and no envelope = the link broke.
+        `step` names the call in a HeartbeatLost (default: the agent's verb)."""
         args = [str(a) for a in args]
-        code, out, err = self.exec(self._agent_command(args), timeout, stdin=stdin, on_stderr=on_stderr)
+        code, out, err = self.exec(self._agent_command(args), timeout, stdin=stdin, on_stderr=on_stderr,
+                                   step=step or f"the agent's {args[0]}")
         if code == 127 and not out.strip():
             raise DeviceError(self.name, f"{self.entry.python!r} was not found on the device "
                                          f"({err.decode(errors='replace').strip()[-300:]}); install python3 there "

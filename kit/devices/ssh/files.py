@@ -327,8 +327,8 @@ class SshDevice(SshConnection):
         digest, _ = tree_digest(files)
         label = f"bundle {bundle_id}"
 
-        def agent(args: list[str], timeout: float, stdin: bytes | None = None) -> dict:
-            return result_of(self.name, args[0], self._agent_reply(args, timeout, stdin=stdin))
+        def agent(args: list[str], timeout: float, stdin: bytes | None = None, step: str | None = None) -> dict:
+            return result_of(self.name, args[0], self._agent_reply(args, timeout, stdin=stdin, step=step))
 
         state = agent(["have", "--bundle-id", bundle_id, "--digest", digest], self.deadlines.command_s)
         if state["present"]:
@@ -340,7 +340,8 @@ class SshDevice(SshConnection):
                                          f"{label} needs {need / 1e6:.1f} MB; free space on the device and retry")
         report(progress, label, 0, len(data))
         result = agent(["receive", "--bundle-id", bundle_id, "--digest", digest, "--size", str(len(data)),
-                        "--sha256", hashlib.sha256(data).hexdigest()], self.deadlines.transfer(len(data)), stdin=data)
+                        "--sha256", hashlib.sha256(data).hexdigest()], self.deadlines.transfer(len(data)), stdin=data,
+                       step=f"the push of {label} (the agent's receive, {len(data)} bytes)")
         report(progress, label, len(data), len(data))
         return result["path"]
 
