@@ -99,6 +99,7 @@ def bench_side_by_side(row: dict, runs: int, threads: int, rounds: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="mobilenet_v2,efficientnet-lite1")
+    p.add_argument("--runtimes", default="pte,onnx")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--calib", type=int, default=64)
     p.add_argument("--test", type=int, default=200)
@@ -128,6 +129,8 @@ def main() -> None:
             entry = {"preprocess": pretrained_spec(name).preprocess,
                      "confident_crops": int((softmax(fp32).max(1) > 0.5).sum()), "runtimes": {}}
             for rt, (fp32_recipe, extra, int8_recipe) in RUNTIMES.items():
+                if rt not in args.runtimes.split(","):
+                    continue
                 row = {}
                 for kind, recipe_name, ov in (("fp32", fp32_recipe, extra), ("naive", int8_recipe, NAIVE[rt]),
                                               ("best", int8_recipe, [])):

@@ -126,6 +126,13 @@ class DeviceUpdate:
     def _health(self) -> str | None:
         o = self.job.opts
         bench_opts = {"runs": o.health_runs, "warmup": o.health_warmup, "threads": o.threads, "deadline_s": o.agent_timeout_s}
+        entry_vars = getattr(getattr(self.dev, "entry", None), "vars", None) or {}
+        for key, opt in (("cpus", "cpus"), ("cooldown_c", "cooldown_c")):  # the device's own pinning and cool-down
+            value = entry_vars.get(key)
+            if isinstance(value, str) and key == "cpus":  # "0,1" in an INI inventory
+                value = [int(c) for c in value.split(",") if c.strip()]
+            if value is not None:
+                bench_opts[opt] = value
         try:
             result = self.dev.agent(["bench", "--bundle", self.installed, "--opts", json.dumps(bench_opts)],
                                     o.agent_timeout_s + 60)
