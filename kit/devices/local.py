@@ -45,8 +45,11 @@ class LocalDevice:
         except subprocess.TimeoutExpired as e:
             raise DeviceError(self.name, f"the agent did not answer within {timeout:g} s") from e
         if on_stderr is not None:
+            from device_agents.protocol import is_heartbeat
+
             for line in proc.stderr.splitlines():
-                on_stderr(line)
+                if not is_heartbeat(line):  # liveness is for links that can freeze, not for this host
+                    on_stderr(line)
         return parse_envelope(self.name, proc.stdout, exit_code=proc.returncode, stderr=proc.stderr)
 
     def stage_bundle(self, bundle_path: Path, progress: ProgressFn = None, check_space: bool = True) -> str:
