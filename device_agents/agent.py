@@ -84,8 +84,8 @@ def main(argv=None) -> int:
     try:
         args = parser.parse_args(argv)
         verb = args.verb
-        liveness.start(verb)  # a heartbeat on stderr while the verb runs; exits if the session is gone
-        return reply(verb, _run(args))
+        with liveness.start(verb):  # a heartbeat on stderr while the verb runs; exits if the session is gone
+            return reply(verb, _run(args))
     except Exception as e:  # the host must always get JSON back
         return reply(verb, error=as_agent_error(e, "out of memory under the agent's limit"))
 

@@ -247,15 +247,15 @@ def main() -> int:
     if argv[0] in TRANSFER_VERBS:
         from device_agents import liveness
 
-        liveness.start(argv[0])  # the host hears from a receive while the tar streams in
-        try:
-            if argv[0] == "have":
-                return reply("have", have(_opts_of(argv)))
-            return reply("receive", receive(_opts_of(argv), sys.stdin.buffer))
-        except Refused as e:
-            return reply(argv[0], error=e)
-        except (OSError, tarfile.TarError) as e:
-            return reply(argv[0], error=Refused("transfer_failed", f"{type(e).__name__}: {e}"))
+        with liveness.start(argv[0]):  # the host hears from a receive while the tar streams in
+            try:
+                if argv[0] == "have":
+                    return reply("have", have(_opts_of(argv)))
+                return reply("receive", receive(_opts_of(argv), sys.stdin.buffer))
+            except Refused as e:
+                return reply(argv[0], error=e)
+            except (OSError, tarfile.TarError) as e:
+                return reply(argv[0], error=Refused("transfer_failed", f"{type(e).__name__}: {e}"))
     from device_agents.agent import main as agent_main
 
     return agent_main(argv)

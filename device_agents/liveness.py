@@ -27,7 +27,6 @@ from device_agents.protocol import heartbeat_line
 HEARTBEAT_S = float(os.environ.get("EDGEKIT_HEARTBEAT_S") or 2.0)
 EXIT_SESSION_LOST = 75
 _PR_SET_PDEATHSIG = 1
-_started: threading.Thread | None = None
 try:  # loaded here, not after a fork: dlopen in a forked child of a threaded process may deadlock
     _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):
@@ -88,22 +87,37 @@ def beat(verb: str, n: int) -> bool:
         return False
 
 
-def _loop(verb: str, interval: float) -> None:
-    n = 0
-    while True:
-        if not beat(verb, n):
-            session_lost()
-        n += 1
-        time.sleep(interval)
+class Heartbeat:
+    """One invocation's heartbeat thread; `stop()` ends it (an agent run in-process, as the tests
+    and the forced-command dispatcher do, must not leave it beating)."""
+
+    def __init__(self, verb: str, interval: float):
+        self._stop = threading.Event()
+        self._thread = None
+        if interval > 0:
+            self._thread = threading.Thread(target=self._loop, args=(verb, interval), name="edgekit-heartbeat",
+                                            daemon=True)
+            self._thread.start()
+
+    def _loop(self, verb: str, interval: float) -> None:
+        n = 0
+        while not self._stop.is_set():
+            if not beat(verb, n):
+                session_lost()
+            n += 1
+            if self._stop.wait(interval):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
 
-def start(verb: str, interval: float | None = None) -> None:
-    """Start the heartbeat of this invocation (once per process; later calls do nothing)."""
-    global _started
-    if _started is not None:
-        return
-    interval = HEARTBEAT_S if interval is None else interval
-    if interval <= 0:
-        return
-    _started = threading.Thread(target=_loop, args=(verb, interval), name="edgekit-heartbeat", daemon=True)
-    _started.start()
+def start(verb: str, interval: float | None = None) -> Heartbeat:
+    """Start the heartbeat of this invocation; use as a context manager (or call .stop())."""
+    return Heartbeat(verb, HEARTBEAT_S if interval is None else interval)
