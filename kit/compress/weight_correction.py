@@ -46,8 +46,9 @@ def round_to_grid(weight: "torch.Tensor", per_channel: bool = True) -> "torch.Te
 def correctable_layers(model: "nn.Module") -> list[tuple[str, "nn.Module"]]:
     from torch import nn
 
-    # ConvTranspose keeps its output channels on axis 1: its grid is not the one above.
-    return [(name, m) for name, m in model.named_modules() if type(m) in (nn.Conv1d, nn.Conv2d, nn.Linear)]
+    # Subclasses count (EfficientNet-Lite's Conv2dStaticSamePadding pads, then runs Conv2d's weight);
+    # ConvTranspose (not a subclass) keeps its output channels on axis 1: its grid is not the one above.
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))]
 
 
 def _channel_mean(out: "torch.Tensor") -> "torch.Tensor":
