@@ -14,8 +14,7 @@ import json
 from pathlib import Path
 
 from kit.ansible.export import EXPORT_FILE, ROLE
-from kit.devices import bench as device_bench
-from kit.devices.bench import Measurement
+from kit.devices.bench import Measurement, measurement_from_result
 from kit.errors import EdgeKitError
 from kit.fleet import rollout_state as rs
 
@@ -34,14 +33,7 @@ def _load(path: Path) -> dict:
 
 def measurement_of(device: str, r: dict) -> Measurement:
     """A kit.devices.bench.Measurement from the agent's bench result (as kit.devices.bench.bench makes it)."""
-    lat = r["latency"]
-    extra = {"memory": device_bench.memory_split(r)} if hasattr(device_bench, "memory_split") else {}
-    return Measurement(
-        device=device, bundle_id=r["bundle_id"], model_name=r.get("model_name") or "", runtime=r["runtime"],
-        p50_ms=lat["p50_ms"], p90_ms=lat["p90_ms"], p99_ms=lat["p99_ms"], mean_ms=lat["mean_ms"], std_ms=lat["std_ms"],
-        cv=lat["cv"], runs=lat["runs"], load_ms=r["load_ms"], first_inference_ms=r["first_inference_ms"],
-        peak_rss_mb=r["peak_rss_mb"], reference_passed=r["reference_check"]["passed"], threads=r["threads"],
-        samples_summary=lat, power=r.get("power", {}), thermal=r.get("thermal", {}), raw=r, **extra)
+    return measurement_from_result(device, r)
 
 
 def _agent_error(rec: dict) -> str | None:

@@ -87,14 +87,19 @@ def bench(device: Device, bundle: Bundle, options: BenchOptions | None = None) -
     if skipped:
         r["native_runner_skipped"] = skipped
     r["options"] = opts  # as sent: cpus, power, cooldown_c, profile ... recorded with the figures
-    lat = r["latency"]
     profile = None
     if isinstance(r.get("profile"), dict):
         from kit.profiles import profile_table
 
         profile = profile_table(r["profile"], bundle.path)
+    return measurement_from_result(device.name, r, profile)
+
+
+def measurement_from_result(device: str, r: dict, profile=None) -> Measurement:
+    """A Measurement from the agent's bench result (also what an Ansible play collected)."""
+    lat = r["latency"]
     return Measurement(
-        device=device.name, bundle_id=r["bundle_id"], model_name=r.get("model_name") or "", runtime=r["runtime"],
+        device=device, bundle_id=r["bundle_id"], model_name=r.get("model_name") or "", runtime=r["runtime"],
         p50_ms=lat["p50_ms"], p90_ms=lat["p90_ms"], p99_ms=lat["p99_ms"], mean_ms=lat["mean_ms"], std_ms=lat["std_ms"],
         cv=lat["cv"], runs=lat["runs"], load_ms=r["load_ms"], first_inference_ms=r["first_inference_ms"],
         peak_rss_mb=r["peak_rss_mb"], reference_passed=r["reference_check"]["passed"], threads=r["threads"],
