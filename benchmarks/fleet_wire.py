@@ -1,5 +1,6 @@
-"""Measuring helpers of benchmarks/fleet.py: bytes on the wire (nftables counter), the summed RSS
-of a process tree, and the CPU of ssh ControlPersist masters (which outlive ansible-playbook)."""
+"""Measuring helpers of benchmarks/fleet.py: bytes and new TCP connections on the wire (nftables
+counters), the summed RSS of a process tree, the CPU of a live tree (for a run stopped at its time
+cap) and of ssh ControlPersist masters (which outlive ansible-playbook)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ _PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 class WireCounter:
-    """Bytes sent to a set of local TCP ports, from an nftables counter (its own table, removed after)."""
+    """Bytes sent to a set of local TCP ports, and TCP connections opened to them (SYN without ACK:
+    one per ssh handshake), from nftables counters (its own table, removed after)."""
 
     def __init__(self, ports: list[int]):
         self.table = f"ekbench{os.getpid()}"
@@ -23,21 +25,26 @@ class WireCounter:
         ports_s = ", ".join(map(str, ports))
         rules = (f"add table inet {self.table}\n"
                  f"add chain inet {self.table} out {{ type filter hook output priority 0; policy accept; }}\n"
-                 f"add rule inet {self.table} out ip daddr 127.0.0.1 tcp dport {{ {ports_s} }} counter\n")
+                 f"add rule inet {self.table} out ip daddr 127.0.0.1 tcp dport {{ {ports_s} }} counter\n"
+                 f"add rule inet {self.table} out ip daddr 127.0.0.1 tcp dport {{ {ports_s} }} "
+                 f"tcp flags & (syn | ack) == syn counter\n")
         r = subprocess.run(["nft", "-f", "-"], input=rules, text=True, capture_output=True)
         self.ok = r.returncode == 0
 
-    def read(self) -> int | None:
-        if not self.ok:
-            return None
+    def _counters(self) -> list[dict]:
         out = subprocess.run(["nft", "-j", "list", "table", "inet", self.table], capture_output=True, text=True).stdout
-        for item in json.loads(out)["nftables"]:
-            rule = item.get("rule")
-            if rule:
-                for expr in rule["expr"]:
-                    if "counter" in expr:
-                        return int(expr["counter"]["bytes"])
-        return None
+        return [expr["counter"] for item in json.loads(out)["nftables"] if item.get("rule")
+                for expr in item["rule"]["expr"] if "counter" in expr]
+
+    def read(self) -> int | None:
+        """Bytes sent so far (IP packets to the devices' ports)."""
+        c = self._counters() if self.ok else []
+        return int(c[0]["bytes"]) if c else None
+
+    def connections(self) -> int | None:
+        """TCP connections opened so far to the devices' ports."""
+        c = self._counters() if self.ok else []
+        return int(c[1]["packets"]) if len(c) > 1 else None
 
     def close(self):
         if self.ok:
@@ -83,6 +90,33 @@ def tree_rss_mb(root: int, mux_dir=None) -> float:
             seen.add(p)
             todo.extend(kids.get(p, []))
     return sum(rss.get(p, 0) for p in seen) * _PAGE_MB
+
+
+def _tree(root: int) -> set[int]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            st = _stat(int(d))
+            if st:
+                kids.setdefault(int(st[1]), []).append(int(d))
+    seen, todo = set(), [root]
+    while todo:
+        p = todo.pop()
+        if p not in seen:
+            seen.add(p)
+            todo.extend(kids.get(p, []))
+    return seen
+
+
+def tree_cpu_s(root: int) -> float:
+    """User+sys seconds of a live tree: each process's own plus its reaped children's (cutime, cstime).
+    Used for a run stopped at its time cap, whose killed children RUSAGE_CHILDREN would not see."""
+    total = 0
+    for pid in _tree(root):
+        st = _stat(pid)
+        if st:
+            total += sum(int(x) for x in st[11:15])
+    return total / _TICK
 
 
 def proc_cpu_s(mux_dir) -> dict[int, float]:

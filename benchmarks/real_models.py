@@ -33,6 +33,8 @@ RUNTIMES = {"pte": ("x86-64-fp32", [], "x86-64-int8"),
 # the naive baseline: the same int8 recipe with plain MinMax ranges and no weight/bias correction
 NAIVE = {"pte": ["compress.0.observer=minmax", "compress.0.bias_correction=false"],
          "onnx": ["compress.0.calibration=MinMax", "compress.0.bias_correction=false"]}
+# --mixed: the shipped recipe with accuracy-aware mixed precision (kit.compress.mixed_precision)
+MIXED = ["compress.0.keep_float=auto"]
 
 
 def find_key(doc, key):
@@ -74,7 +76,17 @@ def one(model, splits, fp32_logits, recipe_name, extra, size, threads, out) -> d
             "kit_agreement": art["agreement"]["top1_match"], "sqnr_db": round(float(art["agreement"]["sqnr_db"]), 2),
             "int8_macs_share": find_key(built.report, "int8_macs_share"),
             "activation_ranges": (find_key(built.report, "activation_ranges") or {}).get("chosen"),
+            **mixed_summary(find_key(built.report, "mixed_precision")),
             }
+
+
+def mixed_summary(mp: dict | None) -> dict:
+    """The float layers keep_float=auto chose, why, and whether the held-out targets held."""
+    if not mp:
+        return {}
+    return {"float_layers": mp["chosen"]["float_layers"], "held_out_met": mp["met"], "held_out": mp["chosen"],
+            "held_out_all_int8": mp["all_int8"], "mp_trials": mp["trials"],
+            "why": {k["layer"]: k["why"] for k in mp["kept_float"]}}
 
 
 def bench_side_by_side(row: dict, runs: int, threads: int, rounds: int) -> None:
@@ -84,7 +96,7 @@ def bench_side_by_side(row: dict, runs: int, threads: int, rounds: int) -> None:
     from kit.devices.local import LocalDevice
     from kit.package.bundle import Bundle
 
-    kinds = [k for k in ("fp32", "naive", "best") if "bundle" in row.get(k, {})]
+    kinds = [k for k in ("fp32", "naive", "best", "mixed") if "bundle" in row.get(k, {})]
     for _ in range(rounds):
         for kind in kinds:
             m = bench(LocalDevice(), Bundle.load(row[kind]["bundle"]), BenchOptions(runs=runs, warmup=5, threads=threads))
@@ -106,6 +118,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3, help="fp32/int8 bench rounds, alternating")
+    p.add_argument("--mixed", action="store_true", help="also build the shipped int8 recipe with keep_float=auto")
+    p.add_argument("--skip-best", action="store_true", help="leave out the shipped recipe's column (with --mixed)")
     args = p.parse_args()
     import torch
 
@@ -132,8 +146,10 @@ def main() -> None:
                 if rt not in args.runtimes.split(","):
                     continue
                 row = {}
-                for kind, recipe_name, ov in (("fp32", fp32_recipe, extra), ("naive", int8_recipe, NAIVE[rt]),
-                                              ("best", int8_recipe, [])):
+                kinds = [("fp32", fp32_recipe, extra), ("naive", int8_recipe, NAIVE[rt]), ("best", int8_recipe, []),
+                         ("mixed", int8_recipe, MIXED)]
+                kinds = [k for k in kinds if (k[0] != "mixed" or args.mixed) and (k[0] != "best" or not args.skip_best)]
+                for kind, recipe_name, ov in kinds:
                     try:
                         row[kind] = one(model, splits, fp32, recipe_name, ov, args.size, args.threads,
                                         Path(tmp) / f"{name}-{rt}-{kind}")
@@ -148,6 +164,8 @@ def main() -> None:
                     row["best_latency_vs_naive"] = round(row["best"]["p50_ms"] / row["naive"]["p50_ms"], 3)
                     row["best_sqnr_gain_db"] = round(row["best"]["sqnr_db"] - row["naive"]["sqnr_db"], 2)
                     row["best_agreement_gain"] = round(row["best"]["agreement"] - row["naive"]["agreement"], 4)
+                if all("p50_ms" in row.get(k, {}) for k in ("naive", "mixed")):
+                    row["mixed_latency_vs_naive"] = round(row["mixed"]["p50_ms"] / row["naive"]["p50_ms"], 3)
                 entry["runtimes"][rt] = row
                 print(f"{name} {rt}: {row}", file=sys.stderr)
             doc["models"][name] = entry

@@ -23,10 +23,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 
-from device_agents import memory, native, profile, runtimes
+from device_agents import memory, native, profile, refcheck, runtimes
 from device_agents.bundle import file_path
 from device_agents.errors import AgentError, as_agent_error
 from device_agents.protocol import ProtocolError, parse_reply, reply
+from device_agents.timing import stats as _stats
+from device_agents.timing import thread_affinity as _thread_affinity
+from device_agents.timing import timed_loop as _timed_loop
 
 # Address space a thread may map beyond the model's budget: an 8 MiB stack plus a 64 MiB glibc
 # malloc arena reservation.
@@ -167,12 +170,13 @@ def _run_child(bundle: str, manifest: dict, opts: BenchOptions, profile_to: str 
                                              f"(import, load and runs); it was killed")
             elapsed = time.monotonic() - start
             tail, detail = _tail(err), native.error_detail(err) if runner is not None else ""
+        doc = native.parse(out) if runner is not None else None
+        if doc is not None and doc.get("ok") is True and refcheck.is_multi(manifest):
+            native.check_outputs(doc["result"], bundle, manifest, out_dir)  # every output, before out_dir goes
     finally:
         if out_dir is not None:
             shutil.rmtree(out_dir, ignore_errors=True)
-    if runner is not None:
-        doc = native.parse(out)
-    else:
+    if runner is None:  # (the runner's one JSON document is parsed above, while its output files exist)
         try:
             doc = parse_reply(out)
         except ProtocolError:
@@ -225,48 +229,6 @@ def _apply_limits(opts: BenchOptions) -> dict:
             "file_size_mb": opts.max_file_mb, "deadline_s": opts.deadline_s}
 
 
-def _thread_affinity() -> dict:
-    """Cpus_allowed_list of every thread in this process -> how many threads have it."""
-    masks: dict[str, int] = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("Cpus_allowed_list:"):
-                        key = line.split(":", 1)[1].strip()
-                        masks[key] = masks.get(key, 0) + 1
-        except OSError:
-            pass  # a thread that ended meanwhile
-    return masks
-
-
-def _timed_loop(fn, min_runs: int, min_time_s: float, max_runs: int) -> list[int]:
-    """Per-run nanoseconds. The same code times the no-op that measures our own overhead."""
-    clock = time.perf_counter_ns
-    samples: list[int] = []
-    append = samples.append
-    until = clock() + int(min_time_s * 1e9)
-    while True:
-        t0 = clock()
-        fn()
-        t1 = clock()
-        append(t1 - t0)
-        n = len(samples)
-        if n >= max_runs or (n >= min_runs and t1 >= until):
-            return samples
-
-
-def _stats(samples_ms) -> dict:
-    import numpy as np
-
-    a = np.asarray(samples_ms, dtype=np.float64)
-    mean = float(a.mean())
-    std = float(a.std(ddof=1))
-    return {"runs": int(a.size), "min_ms": float(a.min()), "mean_ms": mean, "std_ms": std,
-            "p50_ms": float(np.percentile(a, 50)), "p90_ms": float(np.percentile(a, 90)),
-            "p99_ms": float(np.percentile(a, 99)), "max_ms": float(a.max()), "cv": std / mean if mean > 0 else None}
-
-
 def _call(fn, what: str):
     try:
         return fn()
@@ -300,8 +262,12 @@ def run(bundle: str, manifest: dict, opts: BenchOptions, profile_to: str | None 
     try:
         with open(file_path(bundle, manifest["model"]["file"]), "rb") as f:
             data = f.read()
-        ref_in = np.load(file_path(bundle, ref["input"]), allow_pickle=False)
-        ref_out = np.load(file_path(bundle, ref["output"]), allow_pickle=False)
+        if refcheck.is_multi(manifest):  # several inputs/outputs: one .npy each (device_agents.refcheck)
+            ref_in = [np.load(file_path(bundle, f), allow_pickle=False) for f in ref["inputs"]]
+            ref_out = [np.load(file_path(bundle, f), allow_pickle=False) for f in ref["outputs"]]
+        else:
+            ref_in = np.load(file_path(bundle, ref["input"]), allow_pickle=False)
+            ref_out = np.load(file_path(bundle, ref["output"]), allow_pickle=False)
     except MemoryError:
         raise AgentError("resource_limit", "the bundle's files do not fit in max_memory_mb")
     if hashlib.sha256(data).hexdigest() != manifest["model"]["sha256"]:
@@ -317,6 +283,9 @@ def run(bundle: str, manifest: dict, opts: BenchOptions, profile_to: str | None 
     hwm_reset = memory.reset_peak()
 
     x = ref_in
+    if isinstance(ref_in, list):
+        return _run_multi(model, ref_in, ref_out, manifest, opts, profile_to, mem, hwm_reset, limits,
+                          rss_after_import, load_ms, runtime)
     if opts.input_shape is not None:
         shape = list(opts.input_shape)
         if not _fits(shape, model.input_shape):
@@ -336,8 +305,30 @@ def run(bundle: str, manifest: dict, opts: BenchOptions, profile_to: str | None 
         check = {"passed": bool(np.allclose(out, ref_out, atol=ref["atol"], rtol=ref["rtol"])), "max_abs_err": err,
                  "atol": ref["atol"], "rtol": ref["rtol"],
                  "top1_match": bool(out.size and np.argmax(out) == np.argmax(ref_out))}
+    return _time(model, model.prepare(x), list(x.shape), opts, profile_to, mem, hwm_reset, limits, rss_after_import,
+                 load_ms, first_ms, check, runtime)
 
-    call = model.prepare(x)
+
+def _run_multi(model, ref_in, ref_out, manifest, opts, profile_to, mem, hwm_reset, limits, rss_after_import, load_ms,
+               runtime) -> dict:
+    """Several inputs/outputs: the reference inputs fed in forward()'s order, every output checked."""
+    if opts.input_shape is not None:
+        raise AgentError("bad_input_shape", "input_shape applies to single-input models only; this bundle's model "
+                                            f"takes {len(ref_in)} inputs (its reference inputs are timed)")
+    call = _call(lambda: model.prepare_all(ref_in), "preparing its inputs")
+    t0 = time.perf_counter()
+    outs = _call(call, "on its reference input")
+    first_ms = (time.perf_counter() - t0) * 1e3
+    check = refcheck.check_outputs(list(outs), ref_out, manifest)
+    result = _time(model, call, list(ref_in[0].shape), opts, profile_to, mem, hwm_reset, limits, rss_after_import,
+                   load_ms, first_ms, check, runtime)
+    result["input_shapes"] = [list(a.shape) for a in ref_in]
+    return result
+
+
+def _time(model, call, input_shape, opts, profile_to, mem, hwm_reset, limits, rss_after_import, load_ms, first_ms,
+          check, runtime) -> dict:
+    """Warm up, time, measure our own overhead; the bench result."""
     for _ in range(opts.warmup):
         _call(call, "during warm-up")
     window_start = time.monotonic()  # CLOCK_MONOTONIC, shared with the parent's sensor samplers
@@ -362,7 +353,7 @@ def run(bundle: str, manifest: dict, opts: BenchOptions, profile_to: str | None 
         "process_threads": len(tasks),
         "affinity": sorted(os.sched_getaffinity(0)),
         "thread_affinity": _thread_affinity(),
-        "input_shape": list(x.shape),
+        "input_shape": input_shape,
         "load_ms": load_ms,
         "first_inference_ms": first_ms,
         "latency": latency,

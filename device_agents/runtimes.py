@@ -2,7 +2,9 @@
 
 Models are loaded from bytes the caller has already hashed, so the file cannot change between
 the check and the parse. `prepare(x)` returns a no-argument callable with the inputs already
-converted, so the timed loop measures the runtime call and nothing of ours.
+converted, so the timed loop measures the runtime call and nothing of ours. A model with several
+inputs or outputs is called through `prepare_all(inputs)` instead: a list of arrays in (forward()'s
+order; ORT feeds them by graph input name in that order), a list of every output out.
 """
 
 from __future__ import annotations
@@ -80,6 +82,13 @@ class OrtModel:
         run, feed, name = self.sess.run, {self.input_name: x}, None
         return lambda: run(name, feed)[0]
 
+    def prepare_all(self, xs: list):
+        names = [i.name for i in self.sess.get_inputs()]
+        if len(xs) != len(names):
+            raise AgentError("bad_input", f"the model takes {len(names)} input(s) ({', '.join(names)}); the bundle gives {len(xs)}")
+        run, feed = self.sess.run, dict(zip(names, xs))
+        return lambda: run(None, feed)
+
     def finish_profile(self, path: str) -> None:
         os.replace(self.sess.end_profiling(), path)
 
@@ -112,6 +121,10 @@ class PteModel:
         execute, inputs = self.method.execute, [self._torch.from_numpy(x)]
         return lambda: execute(inputs)[0].numpy()
 
+    def prepare_all(self, xs: list):
+        execute, inputs = self.method.execute, [self._torch.from_numpy(x) for x in xs]
+        return lambda: [o.numpy() for o in execute(inputs)]
+
 
 class PteProfiledModel:
     """ExecuTorch's Python bindings with ETDump on (portable_lib; executorch.runtime has no ETDump switch)."""
@@ -136,6 +149,10 @@ class PteProfiledModel:
     def prepare(self, x):
         forward, inputs = self.module.forward, [self._torch.from_numpy(x)]
         return lambda: forward(inputs)[0].numpy()
+
+    def prepare_all(self, xs: list):
+        forward, inputs = self.module.forward, [self._torch.from_numpy(x) for x in xs]
+        return lambda: [o.numpy() for o in forward(inputs)]
 
     def finish_profile(self, path: str) -> None:
         self.module.write_etdump_result_to_file(path, path + ".debug")

@@ -19,6 +19,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
     # data and models
     "kit.data": ("Dataset", "Splits", "load_data", "load_digits"),
     "kit.models": ("TeacherCNN", "load_model", "mobilenet_student"),
+    "kit.onnx_model": ("OnnxModel", "load_onnx_model"),
     # compression
     "kit.compress": ("TrainConfig", "train", "Distill", "distill", "Int8Static", "Int8Dynamic", "QuantizedModel",
                      "quantize", "QAT", "qat", "OrtInt8Static", "OrtInt8Dynamic", "quantize_onnx",
@@ -44,6 +45,7 @@ _HOMES: dict[str, tuple[str, ...]] = {
                     "write_store_report"),
     # the whole job: build (compress -> package -> evaluate -> gate), measure, the demo
     "kit.pipeline.build": ("build", "Build", "compress_job", "apply_recipe"),
+    "kit.pipeline.build_onnx": ("build_onnx",),
     "kit.pipeline.measure": ("measure", "MeasureOutcome"),
     "kit.pipeline.demo": ("DemoConfig", "DemoResult", "run_demo"),
     # errors, by type

@@ -55,9 +55,24 @@ def hash_arrays(*arrays: np.ndarray | None) -> str:
         if a is None:
             h.update(b"none")
             continue
+        if isinstance(a, (list, tuple)) or (isinstance(a, np.ndarray) and a.dtype == object):
+            h.update(b"objects" + _hash_objects(a).encode())  # detection targets: a list of {"boxes", "labels"}
+            continue
         a = np.ascontiguousarray(a)
         h.update(str(a.shape).encode() + str(a.dtype).encode())
         h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _hash_objects(items) -> str:
+    """Per-image label records (dicts of arrays, nested lists) hashed by content, not by address."""
+    h = hashlib.sha256(str(len(items)).encode())
+    for item in items:
+        if isinstance(item, dict):
+            for k in sorted(item):
+                h.update(str(k).encode() + hash_arrays(np.asarray(item[k])).encode())
+        else:
+            h.update(hash_arrays(np.asarray(item)).encode())
     return h.hexdigest()
 
 

@@ -105,11 +105,19 @@ def load_digits(image_size: int = 32, seed: int = 0, preprocess=None) -> Splits:
 
 
 def load_npz(path: str | Path, image_size: int | None = None, seed: int = 0, preprocess=None,
-             channels: int | None = None) -> Splits:
-    """An .npz with `x` (N x C x H x W, N x H x W or N x H x W x C, any numeric dtype) and optional `y` labels."""
+             channels: int | None = None, input_names: list[str] | None = None) -> Splits:
+    """An .npz with `x` (N x C x H x W, N x H x W or N x H x W x C, any numeric dtype) and optional `y` labels.
+
+    Several inputs: when the .npz holds more than one array besides `y`, every such array is one
+    model input (named like forward()'s arguments, e.g. `x`, `mask`) and the Splits hold a tuple of
+    arrays (kit.io); their order is `input_names` (the model's forward() signature) when given,
+    else the .npz's own order. Such arrays are fed as stored (floats as float32): no image
+    resizing or normalisation is applied to them."""
     path = Path(path)
     try:
         with np.load(path) as f:
+            if len([k for k in f.files if k != "y"]) > 1:
+                return _load_npz_inputs(path, {k: f[k] for k in f.files}, seed, input_names)
             if "x" not in f:
                 raise EdgeKitError(f"{path}: no array named 'x' in the .npz; save images as x=... (and labels as y=...)")
             x = f["x"]
@@ -132,6 +140,43 @@ def load_npz(path: str | Path, image_size: int | None = None, seed: int = 0, pre
     x = prepare(x, image_size, pre, source=str(path), channels=channels)
     num_classes = int(y.max()) + 1 if y is not None else 0
     return _split(x, y, num_classes, path.stem, seed, preprocess=pre)
+
+
+def _load_npz_inputs(path: Path, arrays: dict, seed: int, input_names: list[str] | None) -> Splits:
+    """An .npz of several named inputs (see load_npz): one Splits with a tuple of arrays."""
+    y = arrays.pop("y", None)
+    names = list(arrays)
+    if input_names:
+        missing = [n for n in input_names if n not in arrays]
+        if missing:
+            raise EdgeKitError(f"{path}: no array named {missing[0]!r} for the model's input of that name "
+                               f"(arrays: {', '.join(names)}); save one array per forward() argument")
+        names = list(input_names)
+    xs = []
+    for n in names:
+        a = np.asarray(arrays[n])
+        if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+            raise EdgeKitError(f"{path}: '{n}' holds {a.dtype} values; save real numbers")
+        xs.append(a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a)
+    n0 = len(xs[0])
+    bad = [(n, len(a)) for n, a in zip(names, xs) if len(a) != n0]
+    if bad:
+        raise EdgeKitError(f"{path}: '{bad[0][0]}' has {bad[0][1]} samples but '{names[0]}' has {n0}; "
+                           "every input array needs the same number of samples")
+    if y is not None:
+        y = np.asarray(y).reshape(-1)
+        if len(y) != n0 or not np.issubdtype(y.dtype, np.integer) or (y < 0).any():
+            raise EdgeKitError(f"{path}: 'y' must hold one class index (0, 1, 2, ...) per sample ({n0})")
+        y = y.astype(np.int64)
+    if n0 < 10:
+        raise EdgeKitError(f"data set {path.stem!r} has only {n0} samples; give at least 10 to split train/calibration/test")
+    order = np.random.default_rng(seed).permutation(n0)
+    xs, y = [a[order] for a in xs], None if y is None else y[order]
+    n_test, n_calib = max(1, int(n0 * 0.25)), max(1, int(n0 * 0.12))
+    cut = (slice(0, n0 - n_test - n_calib), slice(n0 - n_test - n_calib, n0 - n_test), slice(n0 - n_test, None))
+    parts = [Dataset(tuple(a[c] for a in xs), None if y is None else y[c]) for c in cut]
+    return Splits(train=parts[0], calib=parts[1], test=parts[2], num_classes=int(y.max()) + 1 if y is not None else 0,
+                  name=path.stem)
 
 
 def load_image_folder(path: str | Path, image_size: int = 32, seed: int = 0, grayscale: bool = False,

@@ -1,6 +1,8 @@
 """Evaluation: accuracy on labelled data, agreement with the original model's outputs (which
 works on unlabelled data too), and size figures. Every predictor is a numpy -> numpy callable,
-so a torch module, a .pte and an .onnx are judged by the same code."""
+so a torch module, a .pte and an .onnx are judged by the same code. A model with several inputs
+takes a tuple of arrays; one with several outputs returns a list of arrays (kit.io: flattened
+leaves in a fixed order, with names), and agreement is then measured output by output."""
 
 from __future__ import annotations
 
@@ -12,17 +14,22 @@ import torch
 
 from kit.data import Dataset
 from kit.errors import EdgeKitError
+from kit.io import concat, is_multi, names_of, to_numpy_outputs, to_torch
 
-Predictor = Callable[[np.ndarray], np.ndarray]
+Predictor = Callable[[np.ndarray], np.ndarray]  # (several inputs: tuple in; several outputs: list out)
 
 
 def torch_predictor(module: torch.nn.Module) -> Predictor:
     """numpy -> numpy over a torch module (or a QuantizedModel), without autograd; any batch size."""
-    module = module.eval() if hasattr(module, "eval") else module
+    if hasattr(module, "eval"):  # (a converted PT2E graph's eval() switches in place and returns None)
+        module = module.eval() or module
 
     def run(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
-            return module(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+            if is_multi(x):
+                return to_numpy_outputs(module(*to_torch(x)))
+            out = module(torch.from_numpy(np.ascontiguousarray(x)))
+            return out.numpy() if torch.is_tensor(out) else to_numpy_outputs(out)
 
     return run
 
@@ -31,15 +38,20 @@ def outputs(predict: Predictor, data: Dataset, batch_size: int = 1) -> np.ndarra
     """Run `predict` over `data` (batch 1 by default: exported artifacts have a fixed batch of one)."""
     if len(data) == 0:
         raise EdgeKitError("evaluation set is empty; give data with at least one sample")
-    return np.concatenate([np.asarray(predict(xb)) for xb, _ in data.batches(batch_size)])
+    return concat([predict(xb) for xb, _ in data.batches(batch_size)])
 
 
 def top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    if is_multi(logits):  # several outputs: the first is the classifier's
+        logits = logits[0]
     return float(np.mean(np.argmax(logits, 1) == labels))
 
 
 def sqnr_db(reference: np.ndarray, other: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio of `other` against `reference`, in dB."""
+    """Signal-to-quantization-noise ratio of `other` against `reference`, in dB (several outputs:
+    the worst output's)."""
+    if is_multi(reference):
+        return min(sqnr_db(r, o) for r, o in zip(reference, other))
     noise = np.sum((reference.astype(np.float64) - other.astype(np.float64)) ** 2)
     signal = np.sum(reference.astype(np.float64) ** 2)
     if noise == 0:
@@ -52,12 +64,38 @@ class Agreement:
     top1_match: float
     sqnr_db: float
     max_abs_err: float
+    per_output: list | None = None  # several outputs: [{name, top1_match, sqnr_db, max_abs_err}]
 
     def to_dict(self):
-        return asdict(self)
+        d = asdict(self)
+        if self.per_output is None:
+            d.pop("per_output")
+        return d
+
+
+def _output_row(name: str, reference: np.ndarray, other: np.ndarray) -> dict:
+    reference, other = np.asarray(reference), np.asarray(other)
+    if reference.shape != other.shape:
+        raise EdgeKitError(f"output {name!r}: shape {list(other.shape)} differs from the original's {list(reference.shape)}")
+    # top-1 only where axis 1 holds classes (a mask of one channel or a score has none to compare)
+    match = float(np.mean(np.argmax(reference, 1) == np.argmax(other, 1))) if reference.ndim >= 2 and reference.shape[1] > 1 else None
+    return {"name": name, "top1_match": match, "sqnr_db": sqnr_db(reference, other),
+            "max_abs_err": float(np.max(np.abs(reference - other))) if reference.size else 0.0}
 
 
 def agreement(reference: np.ndarray, other: np.ndarray) -> Agreement:
+    """Agreement of `other` with `reference`. Several outputs: the first output's top-1 match
+    (the first that has a class axis) and max abs error, the worst output's SQNR, and every
+    output's figures in `per_output`, so a gate's SQNR floor applies to the worst output."""
+    if is_multi(reference):
+        if not is_multi(other) or len(other) != len(reference):
+            n = len(other) if is_multi(other) else 1
+            raise EdgeKitError(f"the model gives {n} output(s) where the original gives {len(reference)}")
+        names = names_of(reference, len(reference))
+        rows = [_output_row(n, r, o) for n, r, o in zip(names, reference, other)]
+        matches = [r["top1_match"] for r in rows if r["top1_match"] is not None]
+        return Agreement(top1_match=matches[0] if matches else 1.0, sqnr_db=min(r["sqnr_db"] for r in rows),
+                         max_abs_err=rows[0]["max_abs_err"], per_output=rows)
     return Agreement(
         top1_match=float(np.mean(np.argmax(reference, 1) == np.argmax(other, 1))),
         sqnr_db=sqnr_db(reference, other),
@@ -92,7 +130,10 @@ def count_macs(module: torch.nn.Module, input_shape: tuple[int, ...]) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        module.eval()(torch.zeros(input_shape))
+        if input_shape and isinstance(input_shape[0], (tuple, list)):  # several inputs: one shape each
+            module.eval()(*(torch.zeros(s) for s in input_shape))
+        else:
+            module.eval()(torch.zeros(input_shape))
     return int(counter.get_total_flops() // 2)
 
 
@@ -132,7 +173,7 @@ def weights_size(module: torch.nn.Module) -> dict:
 def compare(reference: Predictor, candidate: Predictor, data: Dataset, max_samples: int | None = None) -> dict:
     """top-1 (when labelled) and agreement with the reference; works on unlabelled data too."""
     if max_samples is not None and len(data) > max_samples:
-        data = Dataset(data.x[:max_samples], None if data.y is None else data.y[:max_samples])
+        data = data.head(max_samples)
     ref = outputs(reference, data)
     out = outputs(candidate, data)
     result = {"samples": len(data), "agreement": agreement(ref, out).to_dict()}
@@ -175,10 +216,10 @@ def layer_sqnr_report(qmodel, data: Dataset, max_samples: int = 8) -> tuple[list
     ref = prepare_for_propagation_comparison(qmodel.float_graph)
     act = prepare_for_propagation_comparison(qmodel.module)
     with torch.no_grad():
-        for xb, _ in Dataset(data.x[:max_samples], None).batches(1):
-            x = torch.from_numpy(np.ascontiguousarray(xb))
-            ref(x)
-            act(x)
+        for xb, _ in Dataset(data.head(max_samples).x, None).batches(1):
+            x = to_torch(xb)
+            ref(*x)
+            act(*x)
     feeds_bn = set()
     for n in qmodel.float_graph.graph.nodes:
         if "batch_norm" in str(n.target) and n.args:

@@ -66,9 +66,15 @@ def choose(manifest: dict, opts) -> str | None:
 def command(folder: str, bundle: str, manifest: dict, opts, out_dir: str) -> list[str]:
     """argv for the runner: every value from the verified manifest or validated options, no shell."""
     ref = manifest["reference"]
+    if "inputs" in ref and "input" not in ref:  # several inputs/outputs: every input in order; the runner
+        # checks output 0 and saves every output, which check_outputs then compares (device_agents.refcheck)
+        feed = [a for f in ref["inputs"] for a in ("--input", file_path(bundle, f))]
+        first, atol = ref["outputs"][0], (ref.get("atols") or [ref["atol"]])[0]
+    else:
+        feed, first, atol = ["--input", file_path(bundle, ref["input"])], ref["output"], ref["atol"]
     cmd = [os.path.join(folder, RUNNER), "--model", file_path(bundle, manifest["model"]["file"]),
-           "--sha256", manifest["model"]["sha256"], "--input", file_path(bundle, ref["input"]),
-           "--reference-output", file_path(bundle, ref["output"]), "--atol", repr(float(ref["atol"])),
+           "--sha256", manifest["model"]["sha256"], *feed,
+           "--reference-output", file_path(bundle, first), "--atol", repr(float(atol)),
            "--rtol", repr(float(ref["rtol"])), "--out-dir", out_dir, "--threads", str(opts.threads),
            "--warmup", str(opts.warmup), "--runs", str(opts.runs), "--min-time-s", repr(opts.min_time_s),
            "--max-runs", str(opts.max_runs), "--deadline-s", repr(opts.deadline_s),
@@ -107,6 +113,26 @@ def error_detail(f) -> str:
     f.seek(max(0, f.tell() - 8192))
     errors = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.startswith("E ")]
     return errors[-1].split("] ", 1)[-1][:300] if errors else ""
+
+
+def check_outputs(result: dict, bundle: str, manifest: dict, out_dir: str) -> None:
+    """Several outputs: every output file the runner saved (in `out_dir`) against its reference;
+    replaces the runner's check of output 0 (device_agents.refcheck). Called before out_dir goes."""
+    import numpy as np
+
+    from device_agents import refcheck
+
+    ref = manifest["reference"]
+    outs = []
+    for p in result.get("outputs") or []:
+        path = os.path.realpath(p)
+        if os.path.dirname(path) != os.path.realpath(out_dir):
+            raise AgentError("run_failed", f"the native runner wrote an output outside its folder: {p}")
+        outs.append(np.load(path, allow_pickle=False))
+    refs = [np.load(file_path(bundle, f), allow_pickle=False) for f in ref["outputs"]]
+    result["reference_check"] = refcheck.check_outputs(outs, refs, manifest)
+    result["input_shapes"] = [list(np.load(file_path(bundle, f), mmap_mode="r", allow_pickle=False).shape)
+                              for f in ref["inputs"]]
 
 
 def finish(result: dict, folder: str) -> dict:

@@ -15,6 +15,18 @@ def _db(value) -> str:
     return "inf" if value == float("inf") else f"{value:.1f}"
 
 
+def task_overrides(task, postprocess) -> list[str]:
+    """--task / --postprocess as recipe overrides (task.kind, task.postprocess); bad values are one line."""
+    if task is None and postprocess is None:
+        return []
+    from kit.tasks.spec import POSTPROCESS, load_callable, parse_task
+
+    parse_task(task, postprocess)
+    if postprocess:
+        load_callable(POSTPROCESS.get(postprocess, postprocess), "--postprocess")  # a bad spec fails before any work
+    return [f"task.kind={task}", *([f"task.postprocess={postprocess}"] if postprocess else [])]
+
+
 def budget_overrides(top1_drop, agreement, sqnr_db, metric, metric_drop) -> list[str]:
     """The --budget-* / --metric flags as recipe overrides (budget.<field>=value); a bad --metric
     spec (module missing, not callable) is one line naming it, before any work."""
@@ -96,6 +108,8 @@ def register(app: typer.Typer) -> None:
         budget_metric_drop: Optional[float] = typer.Option(None, "--budget-metric-drop", min=0.0,
                                                            help="Max drop of --metric vs the original, in the metric's own units."),
         override_budget: bool = typer.Option(False, "--override-budget", help="Package even if the accuracy budget is exceeded."),
+        task: Optional[str] = typer.Option(None, "--task", help="classification | segmentation | detection: sets task.kind; its metric (top-1 / mIoU / mAP@0.5) becomes the budget (kit.tasks)."),
+        postprocess: Optional[str] = typer.Option(None, "--postprocess", help="The task's postprocess, pkg.module:fn (e.g. kit.tasks.detect:postprocess); sets task.postprocess."),
         name: str = typer.Option("model", "--name", help="Model name recorded in the bundle."),
         cache: bool = typer.Option(True, "--cache/--no-cache", help="Reuse an identical earlier run (same model, recipe, data, key)."),
     ):
@@ -109,19 +123,32 @@ def register(app: typer.Typer) -> None:
         sizes = [s for s in set_ if s.split("=", 1)[0].strip() == "input.image_size"]
         if image_size is not None and sizes and sizes[-1].split("=", 1)[1].strip() != str(image_size):
             raise EdgeKitError(f"--image-size {image_size} and --set {sizes[-1]} disagree; give one of them")
-        set_ = [*set_, *budget_overrides(budget_top1_drop, budget_agreement, budget_sqnr_db, metric, budget_metric_drop)]
+        set_ = [*set_, *budget_overrides(budget_top1_drop, budget_agreement, budget_sqnr_db, metric, budget_metric_drop),
+                *task_overrides(task, postprocess)]
         rec = load_recipe(recipe, [*set_, f"input.image_size={image_size}"] if image_size is not None else set_)
         pre, source = resolve(cli_spec(preprocess, mean, std, resize, crop_fraction, channel_order),
                               rec.input.preprocessing(), model)
         rec = rec.with_preprocess(pre)
         size = rec.input.image_size or 32
-        splits = load_data(data, size, preprocess=pre, channels=rec.input.channels)
+        net = None
+        if model.lower().endswith(".onnx"):  # a user's own .onnx: inputs and shapes from its graph
+            from kit.onnx_model import open_onnx
+
+            net, splits = open_onnx(model, rec, data, pre, out, weights=weights,
+                                    note=lambda line: console.print(line, highlight=False, soft_wrap=True))
+        elif rec.task is not None and rec.task.kind != "classification":  # COCO / YOLO / mask folders (kit.tasks.data)
+            from kit.tasks.data import load_task_data
+
+            rec.task.params.setdefault("image_size", size)  # the detector's boxes are scaled to pixels by it
+            splits = load_task_data(rec.task.kind, data, size, preprocess=pre)
+        else:
+            splits = load_data(data, size, preprocess=pre, channels=rec.input.channels)
         console.print(f"preprocess: {pre.label} ({source})", highlight=False)
 
         from kit.models import load_model, load_teacher
         from kit.pipeline.build import compress_job
 
-        net = load_model(model, weights)
+        net = load_model(model, weights) if net is None else net
         with progress_bars() as (progress, step):
             step(f"compress {model} with {rec.name}: {' -> '.join(s.method for s in rec.steps) or '(no steps)'}")
             outcome = compress_job(net, rec, splits, out, teacher=load_teacher(teacher, teacher_weights),

@@ -40,9 +40,13 @@ def _when(t) -> str:
 
 
 def _measurements_table(rows: list[dict], title: str) -> Table:
+    from kit.tasks.spec import metric_text
+
     energy = any(r.get("energy_mj") is not None for r in rows)
+    tasks = any((r.get("manifest") or {}).get("task") for r in rows)  # a detector/segmenter: its metric by latency
     table = Table(title=escape(title))
-    for col in ("id", "run", "variant", "device", "runtime", "thr", "KiB", "top-1", "p50 ms", "p99 ms", "cv") + (("mJ",) if energy else ()) + (
+    for col in ("id", "run", "variant", "device", "runtime", "thr", "KiB", "top-1") + (("task metric",) if tasks else ()) + (
+            "p50 ms", "p99 ms", "cv") + (("mJ",) if energy else ()) + (
             "load ms", "1st ms", "import MB", "model MB", "infer peak MB", "planned MB", "ref"):
         table.add_column(col, justify="left" if col in ("variant", "device", "runtime") else "right", overflow="fold")
     for r in rows:
@@ -50,7 +54,9 @@ def _measurements_table(rows: list[dict], title: str) -> Table:
         table.add_row(str(r["id"]), str(r["run_id"]), escape(r["variant"] or r["sha256"][:12]),
                       escape(r["device"]) + (" (emulated)" if r.get("emulated") else ""), r["runtime"], str(r["threads"]),
                       _f(r["size_bytes"] / 1024 if r["size_bytes"] is not None else None, ".0f"),
-                      "" if acc is None else f"{100 * acc:.2f}%", _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r["cv"], ".2f"),
+                      "" if acc is None else f"{100 * acc:.2f}%",
+                      *((escape(metric_text((r.get("manifest") or {}).get("task"))),) if tasks else ()),
+                      _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r["cv"], ".2f"),
                       *((_f(r.get("energy_mj")),) if energy else ()), _f(r.get("load_ms"), ".1f"), _f(r.get("first_inference_ms"), ".2f"),
                       _f(r.get("runtime_import_mb"), ".1f"), _f(r.get("model_load_mb"), ".1f"), _f(r.get("inference_peak_mb"), ".1f"),
                       _f(r.get("planned_mb"), ".2f"), {1: "ok", 0: "FAILED", None: ""}[r["reference_passed"]])

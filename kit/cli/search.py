@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from kit.cli._ui import console, progress_bars, stdout
+from kit.cli._ui import console, print_json, progress_bars, stdout
 from kit.errors import EdgeKitError
 
 
@@ -53,20 +53,39 @@ def budget_text(top1_drop: float | None, agreement: float | None, sqnr_db: float
     return ", ".join(p for p in parts if p) or "each recipe's own budget"
 
 
+def _speedup(c) -> str:
+    if c.speedup is None:
+        return "-"
+    mark = {"faster": "[green]faster[/green]", "slower": "[red]slower[/red]"}.get(c.verdict, c.verdict or "")
+    return f"{c.speedup:.2f}x {mark}"
+
+
+def _note(c) -> str:
+    parts = [c.error or c.why_not]
+    if c.reused:
+        parts.append("reused from the store (not side by side)")
+    if c.built_from_cache and c.host_seconds is not None:
+        parts.append("cached")
+    return "; ".join(p for p in parts if p)
+
+
 def _search_table(result, budget_top1_drop: float | None = None) -> Table:
     base = "" if result.baseline_accuracy is None else f", original top-1 {100 * result.baseline_accuracy:.2f}%"
+    refs = ", ".join(f"{t}t: {name}" for t, name in sorted(result.references.items()))
     table = Table(title=f"Recipe search on '{result.device}': {len(result.candidates)} candidates, "
-                        f"{result.measured} measured, {result.reused} reused{base}")
-    for col in ("recipe", "runtime", "top-1", "drop pt", "agree", "SQNR dB", "int8 MACs", "size KiB", "p50 ms", "p99 ms",
-                "energy mJ", "front", "note"):
-        table.add_column(col, justify="left" if col in ("recipe", "runtime", "note") else "right")
-    for c in sorted(result.candidates, key=lambda c: (not c.on_front, c.p50_ms or 1e9)):
-        mark = "[bold green]chosen" if c.chosen else ("yes" if c.on_front else "")
-        note = c.error or c.why_not or ("reused" if c.reused else "")
-        table.add_row(c.recipe, f"{c.runtime}/{c.format}", _fmt(c.accuracy, ".2%"), _fmt(c.top1_drop, ".2f"),
-                      _pct(c.agreement), _db(c.sqnr_db), _pct(c.int8_macs_share),
-                      _fmt(c.size_bytes, ".0f", 1 / 1024), _fmt(c.p50_ms), _fmt(c.p99_ms), _fmt(c.energy_mj, ".2f"),
-                      mark, note)
+                        f"{result.measured} measured, {result.reused} reused{base}"
+                        + (f"; speed-up vs the best uncompressed ({refs})" if refs else ""))
+    for col in ("recipe", "runtime", "thr", "top-1", "drop pt", "agree", "lost", "SQNR dB", "int8 MACs", "size KiB",
+                "size x", "p50 ms", "p99 ms", "speed-up", "energy mJ", "host s", "front", "note"):
+        table.add_column(col, justify="left" if col in ("recipe", "runtime", "note", "speed-up") else "right")
+    rows = sorted(result.candidates, key=lambda c: (not c.on_front, c.p50_ms or 1e9))
+    rows += sorted(result.baselines, key=lambda c: (c.threads, c.p50_ms or 1e9))
+    for c in rows:
+        mark = "[bold green]chosen" if c.chosen else ("yes" if c.on_front else ("baseline" if c in result.baselines else ""))
+        table.add_row(c.recipe, f"{c.runtime}/{c.format}", str(c.threads), _fmt(c.accuracy, ".2%"), _fmt(c.top1_drop, ".2f"),
+                      _pct(c.agreement), _pct(c.agreement_lost), _db(c.sqnr_db), _pct(c.int8_macs_share),
+                      _fmt(c.size_bytes, ".0f", 1 / 1024), _fmt(c.size_ratio, ".2f"), _fmt(c.p50_ms), _fmt(c.p99_ms),
+                      _speedup(c), _fmt(c.energy_mj, ".2f"), _fmt(c.host_seconds, ".0f"), mark, _note(c))
     return table
 
 
@@ -102,14 +121,31 @@ def register(app: typer.Typer) -> None:
         inventory: Optional[Path] = typer.Option(None, "--inventory", help="Device inventory file."),
         weights: Optional[Path] = typer.Option(None, "--weights", help="A state_dict for MODEL."),
         teacher: Optional[str] = typer.Option(None, "--teacher", help="Teacher for distillation steps (default: MODEL)."),
+        threads: Optional[str] = typer.Option(None, "--threads", help="Measure every candidate at each thread count, e.g. 1,2 (default: each recipe's)."),
+        max_host_seconds: Optional[float] = typer.Option(None, "--max-host-seconds", min=1.0,
+                                                         help="Skip a candidate whose compress + package takes (or is predicted to take) longer."),
+        baselines: bool = typer.Option(True, "--baselines/--no-baselines",
+                                       help="Bench the uncompressed fp32 .pte and .onnx too: every candidate's speed-up with a noise verdict."),
+        require_pays_off: bool = typer.Option(False, "--require-pays-off",
+                                              help="Choose a compressed candidate only if it is faster beyond noise than the best uncompressed."),
+        json_out: bool = typer.Option(False, "--json", help="Print the result as one JSON document instead of the table."),
     ):
-        """Try candidate recipes on a device, print the Pareto front and the recipe chosen within budget."""
+        """Try candidate recipes on a device, print the Pareto front and the recipe chosen within budget
+        (with the uncompressed baselines: the fastest that pays off, else the best uncompressed, saying why)."""
         from kit.config import results_path
         from kit.models import load_model
         from kit.pipeline.measure import open_device
         from kit.results.store import ResultsStore
         from kit.search.recipes import candidates_for, device_kind, load_candidate, plot_front, search
 
+        counts = None
+        if threads:
+            try:
+                counts = [int(v) for v in threads.split(",") if v.strip()]
+            except ValueError:
+                counts = []
+            if not counts or any(v < 1 for v in counts):
+                raise EdgeKitError(f"--threads {threads!r}: give whole numbers >= 1 separated by commas, e.g. 1,2")
         net = load_model(model, weights)
         teacher_net = load_model(teacher, None) if teacher else None
         with open_device(device, inventory) as dev, ResultsStore(results or results_path()) as store:
@@ -119,14 +155,22 @@ def register(app: typer.Typer) -> None:
                 result = search(net, data, dev, candidates, store=store, out_dir=out / "bundles",
                                 budget_top1_drop=budget_top1_drop, budget_agreement=budget_agreement,
                                 budget_sqnr_db=budget_sqnr_db, teacher=teacher_net, model_name=_model_name(model),
+                                threads=counts, baselines=baselines, max_host_seconds=max_host_seconds,
+                                require_pays_off=require_pays_off,
                                 progress=progress, step=step)
         out.mkdir(parents=True, exist_ok=True)
         plot = plot_front(result, out / "front.png")
         _write_json(out / "front.json", result.to_dict())
+        if json_out:
+            print_json(result.to_dict())
+            return
         stdout.print(_search_table(result, budget_top1_drop))
         budget = budget_text(budget_top1_drop, budget_agreement, budget_sqnr_db)
         if result.chosen:
-            stdout.print(f"chosen: [bold]{result.chosen}[/bold] (fastest within {budget})", soft_wrap=True)
+            why = f"; {result.chosen_why}" if result.chosen_why else ""
+            stdout.print(f"chosen: [bold]{result.chosen}[/bold] at {result.chosen_threads} thread(s) "
+                         f"(fastest within {budget}{why})", soft_wrap=True)
+            stdout.print(f"host:   {result.host_seconds:.0f} s building in this run", soft_wrap=True)
         else:
             stdout.print(f"[red]no candidate is within the budget ({budget})[/red]", soft_wrap=True)
         stdout.print(f"plot:   {plot}")

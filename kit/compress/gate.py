@@ -224,11 +224,13 @@ def load_metric(spec: str):
     return fn
 
 
-def run_metric(spec: str, outputs, labels) -> float:
-    """Call the user metric on one model's outputs; its failure or a non-number is one line naming it."""
+def run_metric(spec: str, outputs, labels, reference=None, task=None) -> float:
+    """Call the user metric on one model's outputs; its failure or a non-number is one line naming it.
+    `reference` (the fp32 model's outputs, for metrics against it when there are no labels) and
+    `task` (kit.tasks.spec.Task) are passed only to a metric whose signature takes them."""
     fn = load_metric(spec)
     try:
-        value = fn(outputs, labels)
+        value = fn(outputs, labels, **_extra_args(fn, reference=reference, task=task))
         value = float(value)
     except Exception as e:  # noqa: BLE001 - the user's code: whatever it raises becomes one line
         msg = str(e).splitlines()[0] if str(e) else ""
@@ -238,3 +240,15 @@ def run_metric(spec: str, outputs, labels) -> float:
     if not math.isfinite(value):
         raise EdgeKitError(f"metric {spec!r} (--metric / budget.metric) returned {value}; it must return a finite float")
     return value
+
+
+def _extra_args(fn, **candidates) -> dict:
+    """The keyword arguments among `candidates` (not None) that `fn` accepts by name or **kwargs."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    anything = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    return {k: v for k, v in candidates.items() if v is not None and (anything or k in params)}

@@ -1,5 +1,8 @@
 """Low-rank factorisation: truncated SVD of Linear and 1x1 Conv2d weights, each replaced by two
-smaller layers (W ~ U_r S_r V_r^T -> [V_r^T scaled] then [U_r scaled]), by energy or fixed rank."""
+smaller layers (W ~ U_r S_r V_r^T -> [V_r^T scaled] then [U_r scaled]), by energy or fixed rank.
+Repair: `epochs` (default 3 when training images are given) of distillation from the original
+(kit.compress.repair, labels optional), `repair: finetune` for the labelled cross-entropy
+fine-tune, `repair: none` or `epochs: 0` to factorise only."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from kit.compress.base import Pass, StepContext, StepResult
-from kit.compress.distill import TrainConfig, train_loop
+from kit.compress.repair import RepairConfig, check_repair, resolve_epochs, run_repair
 from kit.errors import EdgeKitError
 from kit.progress import ProgressFn
 
@@ -25,10 +28,12 @@ class LowRank(Pass):
     rank: int | None = None  # or a fixed rank (overrides energy)
     min_features: int = 16  # layers with fewer in or out features are left alone
     exclude: list[str] = field(default_factory=list)
-    epochs: int = 0  # optional fine-tune after factorising
+    epochs: int | None = None  # repair epochs after factorising; None: 3 with images
     lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0
+    repair: str = "distill"  # distill (from the original, labels optional) | finetune (labels) | none
+    max_seconds: float | None = 600.0
     method: Literal["lowrank"] = "lowrank"
 
     def __post_init__(self):
@@ -38,9 +43,11 @@ class LowRank(Pass):
             raise EdgeKitError(f"lowrank rank={self.rank}: must be >= 1")
         if self.energy is not None and not 0.0 < self.energy <= 1.0:
             raise EdgeKitError(f"lowrank energy={self.energy}: must be in (0, 1], e.g. 0.9")
+        check_repair(self.repair, "lowrank", self.max_seconds)
 
     def apply(self, model, ctx: StepContext) -> StepResult:
-        return StepResult(*lowrank(model, self, ctx.splits.train, ctx.progress))
+        teacher = ctx.teacher if ctx.teacher is not None else ctx.original
+        return StepResult(*lowrank(model, self, ctx.splits.train, ctx.progress, teacher=teacher))
 
 
 def _target(m: nn.Module) -> bool:
@@ -65,11 +72,12 @@ def _factor(weight: torch.Tensor, config: LowRank) -> tuple[torch.Tensor, torch.
     return (root[:, None] * vh[:r]), (u[:, :r] * root[None, :]), r, float(energy[r - 1])
 
 
-def lowrank(model: nn.Module, config: LowRank, data: Dataset | None = None, progress: ProgressFn = None):
-    """Return (factorised copy of `model`, info: per-layer rank and energy, params before/after)."""
-    import torch.nn.functional as F
+def lowrank(model: nn.Module, config: LowRank, data: Dataset | None = None, progress: ProgressFn = None,
+            teacher: nn.Module | None = None):
+    """Return (factorised copy of `model`, info: per-layer rank and energy, params before/after, repair)."""
     from torch import nn
 
+    teacher = teacher if teacher is not None else model
     model = copy.deepcopy(model).eval()
     known = dict(model.named_modules())
     for name in config.exclude:
@@ -107,9 +115,12 @@ def lowrank(model: nn.Module, config: LowRank, data: Dataset | None = None, prog
         raise EdgeKitError(f"lowrank: no Linear or 1x1 conv layer of {type(model).__name__} gets smaller at "
                            f"{'rank=' + str(config.rank) if config.rank else 'energy=' + str(config.energy)}; "
                            "lower energy/rank or min_features")
-    if config.epochs > 0:
-        if data is None or data.y is None:
-            raise EdgeKitError("lowrank epochs > 0 needs labelled training data for the fine-tune (--data)")
-        cfg = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
-        train_loop(model, data, cfg, lambda m, x, y: F.cross_entropy(m(x), y), "lowrank fine-tune", progress)
-    return model.eval(), {"layers": layers, "replaced": sum(v["replaced"] for v in layers.values())}
+    repaired = {"repair": "none"}
+    epochs = resolve_epochs(config.epochs, config.repair, data)
+    if epochs > 0 and config.repair != "none":
+        if data is None or (config.repair == "finetune" and data.y is None):
+            raise EdgeKitError(f"lowrank epochs > 0 needs {'labelled ' if config.repair == 'finetune' else ''}training data (--data)")
+        cfg = RepairConfig(epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed,
+                           max_seconds=config.max_seconds)
+        repaired = run_repair(model, teacher, data, config.repair, cfg, "lowrank repair", progress)
+    return model.eval(), {"layers": layers, "replaced": sum(v["replaced"] for v in layers.values()), "repair": repaired}

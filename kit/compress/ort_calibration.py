@@ -38,14 +38,17 @@ def quiet_stdout():
         yield
 
 
-def graph_input_name(model_path: str | Path) -> str:
+def graph_input_name(model_path: str | Path) -> str | list[str]:
+    """The graph's input name; a graph with several inputs: the list of names, in order."""
     import onnx
 
-    return onnx.load(str(model_path), load_external_data=False).graph.input[0].name
+    names = [i.name for i in onnx.load(str(model_path), load_external_data=False).graph.input]
+    return names[0] if len(names) == 1 else names
 
 
-def calibration_reader(input_name: str, calib: Dataset, max_samples: int):
-    """ORT's CalibrationDataReader over the first `max_samples` of `calib`, one sample a call."""
+def calibration_reader(input_name: str | list[str], calib: Dataset, max_samples: int):
+    """ORT's CalibrationDataReader over the first `max_samples` of `calib`, one sample a call
+    (several inputs: `input_name` lists them in order and every input is fed by its name)."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
@@ -58,7 +61,11 @@ def calibration_reader(input_name: str, calib: Dataset, max_samples: int):
                 return None
             self._left -= 1
             xb = next(self._it, None)
-            return None if xb is None else {input_name: np.ascontiguousarray(xb, dtype=np.float32)}
+            if xb is None:
+                return None
+            if isinstance(input_name, list):
+                return {n: np.ascontiguousarray(a, dtype=np.float32) for n, a in zip(input_name, xb)}
+            return {input_name: np.ascontiguousarray(xb, dtype=np.float32)}
 
     return Reader()
 
@@ -96,6 +103,10 @@ def _score(model: Path, x: np.ndarray, ref: np.ndarray) -> float:
     from kit.package.onnx import OrtRunner
 
     run = OrtRunner(model)
+    if isinstance(x, tuple):  # several inputs / outputs: kit.io; the worst output's SQNR
+        from kit.evaluate import outputs
+
+        return float(sqnr_db(ref, outputs(run, Dataset(x, None), 1)))
     return float(sqnr_db(ref, np.concatenate([run(x[i:i + 1]) for i in range(len(x))])))
 
 
@@ -118,9 +129,15 @@ def quantize_best(pre: Path, config, calib: Dataset, out_path: Path, quantize, *
     work.mkdir(parents=True, exist_ok=True)
     try:
         calibrator = _collect(pre, calib, config.max_samples, work)
-        x = np.ascontiguousarray(calib.x[:score_samples], dtype=np.float32)
         ref = OrtRunner(pre)
-        ref_out = np.concatenate([ref(x[i:i + 1]) for i in range(len(x))])
+        if calib.multi_input:
+            from kit.evaluate import outputs as run_all
+
+            x = tuple(np.ascontiguousarray(a, dtype=np.float32) for a in calib.head(score_samples).x)
+            ref_out = run_all(ref, Dataset(x, None), 1)
+        else:
+            x = np.ascontiguousarray(calib.x[:score_samples], dtype=np.float32)
+            ref_out = np.concatenate([ref(x[i:i + 1]) for i in range(len(x))])
         rows, best = [], None
         qcfg = dataclasses.replace(config, calibration="Percentile")
         for i, (mode, pct) in enumerate(candidates):
@@ -138,4 +155,4 @@ def quantize_best(pre: Path, config, calib: Dataset, out_path: Path, quantize, *
         shutil.move(str(best[1]), str(out_path))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"chosen": best[2], "candidates": rows, "scored_on": f"{len(x)} calibration inputs"}
+    return {"chosen": best[2], "candidates": rows, "scored_on": f"{len(Dataset(x, None))} calibration inputs"}

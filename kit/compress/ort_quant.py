@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from functools import partial
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,8 @@ class _OrtInt8(Pass):
         from kit.package.onnx import export_onnx
 
         model, info0 = self._prepare_model(model, ctx)
-        fp32 = export_onnx(model, (ctx.example,), ctx.workdir / "model-fp32.onnx")
+        example = ctx.example if isinstance(ctx.example, tuple) else (ctx.example,)  # several inputs: a tuple
+        fp32 = export_onnx(model, example, ctx.workdir / "model-fp32.onnx")
         cfg, info = self._quantize_file(fp32, ctx)
         info = {**info0, **info, "fp32_onnx_bytes": file_size(fp32)}
         info.update(artifact_share(ctx.workdir / "model-int8.onnx"))
@@ -82,10 +84,21 @@ class OrtInt8Static(_OrtInt8):
     weight_type: str = "int8"  # int8 | uint8
     weight_symmetric: bool = True
     nodes_to_exclude: list[str] = field(default_factory=list)  # ONNX node names kept in float
-    keep_float: int = 0  # chain: keep this many most sensitive nodes in float (ORT sensitivity scan)
+    # chain: keep this many most sensitive nodes in float (ORT sensitivity scan), or `auto`: the fewest
+    # nodes in float until the targets hold on held-out calibration inputs (kit.compress.mixed_precision)
+    keep_float: int | Literal["auto"] = 0
+    min_int8_macs: float = 0.95  # auto: never less than this share of the MACs in int8
+    target_sqnr_db: float | None = 18.0  # auto: output SQNR to reach on the held-out inputs
+    target_agreement: float | None = 0.90  # auto: top-1 agreement to reach on the held-out inputs
+    holdout: int = 16  # auto: calibration inputs held out (not calibrated on) to check each candidate
+    max_keep_float: int = 8  # auto: at most this many nodes in float
+    max_trials: int = 12  # auto: at most this many re-quantizations
     method: Literal["ort_quantize"] = "ort_quantize"
 
     def __post_init__(self):
+        from kit.compress.mixed_precision import check_settings
+
+        check_settings("ort_quantize", self.keep_float, self.min_int8_macs, self.holdout, self.max_keep_float)
         if self.calibration not in CALIBRATIONS:
             raise EdgeKitError(f"calibration={self.calibration!r}: choose one of {', '.join(CALIBRATIONS)}")
         for name, value, allowed in (("activation_type", self.activation_type, ("auto",) + QTYPES),
@@ -104,29 +117,50 @@ class OrtInt8Static(_OrtInt8):
             return model, {"weight_correction": "skipped: per-tensor weights (a folded BatchNorm moves them off their grid)"}
         from kit.compress.weight_correction import correct_weights
 
+        if ctx.splits.calib.multi_input:  # kit.compress.weight_correction feeds one input tensor
+            return model, {"weight_correction": "skipped: a model with several inputs"}
         check_finite(ctx.splits.calib, "calibration data", self.max_samples)
-        corrected, info = correct_weights(model, ctx.splits.calib, per_channel=self.per_channel,
+        calib = ctx.splits.calib
+        if self.keep_float == "auto":  # the held-out inputs judge the candidates: never corrected on
+            from kit.compress.mixed_precision import split_holdout
+
+            calib = split_holdout(calib, self.holdout, "ort_quantize")[0]
+        corrected, info = correct_weights(model, calib, per_channel=self.per_channel,
                                           max_samples=self.correction_samples)
         return corrected, {"weight_correction": info}
 
     def _quantize_file(self, fp32: Path, ctx: StepContext) -> tuple[Pass, dict]:
         pre = preprocess(fp32, ctx.workdir / "model-fp32-pre.onnx")
         cfg, info = self, {}
-        if cfg.keep_float:
+        if cfg.keep_float and cfg.keep_float != "auto":
             from kit.compress.sensitivity import most_sensitive
 
             rows = ort_sensitivity(pre, ctx.splits.calib, ctx.eval_data, config=cfg, progress=ctx.progress)
             info["sensitivity"] = rows
             cfg = dataclasses.replace(cfg, nodes_to_exclude=[*cfg.nodes_to_exclude, *most_sensitive(rows, cfg.keep_float)])
         out = ctx.workdir / "model-int8.onnx"
-        if cfg.calibration in ("auto", "Percentile"):
-            _check_nodes(pre, cfg.nodes_to_exclude, "ort_quantize nodes_to_exclude")
-            check_finite(ctx.splits.calib, "calibration data", cfg.max_samples)
-            info["activation_ranges"] = quantize_best(pre, cfg, ctx.splits.calib, out, quantize_onnx)
+        if cfg.keep_float == "auto":  # accuracy-aware mixed precision on held-out calibration inputs
+            from kit.compress.mixed_precision import ort_auto
+
+            cfg, info["mixed_precision"], ranges = ort_auto(pre, cfg, ctx.splits.calib, out, partial(_quantize_to, pre),
+                                                            ort_sensitivity, ctx.progress)
         else:
-            quantize_onnx(pre, cfg, ctx.splits.calib, out, preprocessed=True)
+            ranges = _quantize_to(pre, cfg, ctx.splits.calib, out)
+        if ranges:
+            info["activation_ranges"] = ranges
         info["nodes_to_exclude"] = list(cfg.nodes_to_exclude)
         return cfg, info
+
+
+def _quantize_to(pre: Path, cfg: OrtInt8Static, calib: Dataset, out: Path) -> dict | None:
+    """One static quantization of the preprocessed `pre`; the activation ranges chosen, if any."""
+    if cfg.calibration in ("auto", "Percentile"):
+        _check_nodes(pre, cfg.nodes_to_exclude, "ort_quantize nodes_to_exclude")
+        for part in calib.per_input():  # several inputs: each array on its own
+            check_finite(part, "calibration data", cfg.max_samples)
+        return quantize_best(pre, cfg, calib, out, quantize_onnx)
+    quantize_onnx(pre, cfg, calib, out, preprocessed=True)
+    return None
 
 
 @dataclass
@@ -196,7 +230,8 @@ def quantize_onnx(model_path: str | Path, config: OrtInt8Static, calib: Dataset,
     if not model_path.is_file():
         raise EdgeKitError(f"model file {model_path}: no such file")
     _check_nodes(model_path, config.nodes_to_exclude, "ort_quantize nodes_to_exclude")
-    check_finite(calib, "calibration data", config.max_samples)
+    for part in calib.per_input():  # several inputs: each array on its own
+        check_finite(part, "calibration data", config.max_samples)
     if config.calibration == "auto" or (config.calibration == "Percentile" and calibration_cache is None):
         with tempfile.TemporaryDirectory() as tmp:
             pre = model_path if preprocessed else preprocess(model_path, Path(tmp) / "pre.onnx")

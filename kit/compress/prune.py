@@ -3,6 +3,10 @@ gradual over fine-tuning steps), made permanent with prune.remove, with per-laye
 
 Zeros in a dense tensor do not make a dense kernel faster or a .pte smaller; what they buy is
 compressibility (the gzip size the report shows) and a start for sparse kernels.
+
+Repair after a one-shot prune: distillation from the original model (kit.compress.repair; labels
+optional, masks stay attached so pruned weights stay zero), `repair: finetune` for the labelled
+cross-entropy fine-tune, `none` to skip. The gradual schedule prunes while fine-tuning on labels.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 
 from kit.compress.base import Pass, StepContext, StepResult
 from kit.compress.distill import TrainConfig, train_loop
+from kit.compress.repair import RepairConfig, check_repair, resolve_epochs, run_repair
 from kit.errors import EdgeKitError
 from kit.progress import ProgressFn
 
@@ -33,12 +38,15 @@ class Prune(Pass):
     amount: float = 0.5  # fraction of weights set to zero (of the pool: all layers if global, each layer if not)
     scope: str = "global"  # global | layer
     schedule: str = "oneshot"  # oneshot | gradual (cubic ramp over the fine-tune steps, Zhu & Gupta 2017)
-    epochs: int = 0  # fine-tune epochs after (oneshot) or while (gradual) pruning
+    epochs: int | None = None  # repair epochs after (oneshot) or fine-tune while (gradual); None: 3 with images
     lr: float = 1e-3
     batch_size: int = 64
     seed: int = 0
     exclude: list[str] = field(default_factory=list)  # module names left dense
     per_layer: dict[str, float] = field(default_factory=dict)  # scope=layer: module name -> amount override
+    repair: str = "distill"  # oneshot: distill (from the original) | finetune (labels) | none
+    max_seconds: float | None = 600.0
+    augment: str = "auto"
     method: Literal["prune"] = "prune"
 
     def __post_init__(self):
@@ -49,11 +57,13 @@ class Prune(Pass):
             raise EdgeKitError(f"prune scope={self.scope!r}: choose global or layer")
         if self.schedule not in ("oneshot", "gradual"):
             raise EdgeKitError(f"prune schedule={self.schedule!r}: choose oneshot or gradual")
-        if self.schedule == "gradual" and self.epochs < 1:
+        check_repair(self.repair, "prune", self.max_seconds)
+        if self.schedule == "gradual" and (self.epochs or 0) < 1:
             raise EdgeKitError("prune schedule=gradual needs epochs >= 1 (pruning is spread over the fine-tune steps)")
 
     def apply(self, model, ctx: StepContext) -> StepResult:
-        return StepResult(*prune(model, self, ctx.splits.train, ctx.progress))
+        teacher = ctx.teacher if ctx.teacher is not None else ctx.original
+        return StepResult(*prune(model, self, ctx.splits.train, ctx.progress, teacher=teacher))
 
 
 def prunable_layers(model: nn.Module, exclude=()) -> list[tuple[str, nn.Module]]:
@@ -100,11 +110,14 @@ def _prune_to(layers, config: Prune, target: float, done: float) -> None:
                 tprune.l1_unstructured(m, "weight", amount=(goal - prev) / (1.0 - prev))
 
 
-def prune(model: nn.Module, config: Prune, data: Dataset | None = None, progress: ProgressFn = None):
-    """Return (pruned copy of `model`, info dict with per-layer sparsity)."""
+def prune(model: nn.Module, config: Prune, data: Dataset | None = None, progress: ProgressFn = None,
+          teacher: nn.Module | None = None):
+    """Return (pruned copy of `model`, info dict with per-layer sparsity and the repair); the repair
+    distils from `teacher` (default: `model` as given)."""
     import torch.nn.functional as F
     from torch.nn.utils import prune as tprune
 
+    teacher = teacher if teacher is not None else model
     model = copy.deepcopy(model)
     layers = prunable_layers(model, config.exclude)
     if not layers:
@@ -112,17 +125,22 @@ def prune(model: nn.Module, config: Prune, data: Dataset | None = None, progress
     unknown = set(config.per_layer) - {n for n, _ in layers}
     if unknown:
         raise EdgeKitError(f"prune per_layer: no prunable layer named {sorted(unknown)[0]!r}")
-    if config.epochs > 0 and (data is None or data.y is None):
-        raise EdgeKitError("prune epochs > 0 needs labelled training data for the fine-tune (--data)")
+    epochs = config.epochs if config.schedule == "gradual" else resolve_epochs(config.epochs, config.repair, data)
+    labels = config.schedule == "gradual" or config.repair == "finetune"
+    if epochs > 0 and config.repair != "none" and (data is None or (labels and data.y is None)):
+        raise EdgeKitError(f"prune epochs={epochs} needs {'labelled ' if labels else ''}training data (--data)")
     target = config.amount if config.scope == "global" else 1.0 * config.amount
-    train_cfg = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
+    repaired = {"repair": "none"}
+    train_cfg = TrainConfig(epochs=epochs, batch_size=config.batch_size, lr=config.lr, seed=config.seed)
     loss = lambda m, x, y: F.cross_entropy(m(x), y)  # noqa: E731
 
     if config.schedule == "oneshot":
         _prune_to(layers, config, target, 0.0)
-        if config.epochs > 0:
-            # The masks stay attached while fine-tuning, so pruned weights stay at zero.
-            train_loop(model, data, train_cfg, loss, "prune fine-tune", progress)
+        if epochs > 0 and config.repair != "none":
+            # The masks stay attached while repairing, so pruned weights stay at zero.
+            cfg = RepairConfig(epochs=epochs, lr=config.lr, batch_size=config.batch_size, seed=config.seed,
+                               augment=config.augment, max_seconds=config.max_seconds)
+            repaired = run_repair(model, teacher, data, config.repair, cfg, "prune repair", progress)
     else:
         state = {"done": 0.0}
         stages = 10
@@ -143,4 +161,4 @@ def prune(model: nn.Module, config: Prune, data: Dataset | None = None, progress
         if tprune.is_pruned(m):
             tprune.remove(m, "weight")  # bake the mask into the weight: a plain module again
     model.eval()
-    return model, {"layer_sparsity": layer_sparsity(model), "global_sparsity": global_sparsity(model)}
+    return model, {"layer_sparsity": layer_sparsity(model), "global_sparsity": global_sparsity(model), "repair": repaired}

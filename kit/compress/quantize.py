@@ -48,13 +48,18 @@ class _XnnpackInt8(Pass):
 
         cfg, info = self, {}
         calib = ctx.splits.calib if self.needs_calibration else None
-        if getattr(cfg, "keep_float", 0):
+        if getattr(cfg, "keep_float", 0) == "auto":  # accuracy-aware mixed precision on held-out calibration inputs
+            from kit.compress.mixed_precision import pt2e_auto
+
+            quantized, cfg, info["mixed_precision"] = pt2e_auto(model, cfg, calib, ctx.input_shape, quantize, ctx.progress)
+        elif getattr(cfg, "keep_float", 0):
             from kit.compress.sensitivity import most_sensitive, quant_sensitivity
 
             rows = quant_sensitivity(model, ctx.splits.calib, ctx.eval_data, progress=ctx.progress)
             info["sensitivity"] = rows
             cfg = dataclasses.replace(cfg, skip_layers=[*cfg.skip_layers, *most_sensitive(rows, cfg.keep_float)])
-        quantized = quantize(model, cfg, calib, ctx.input_shape)
+        if "mixed_precision" not in info:
+            quantized = quantize(model, cfg, calib, ctx.input_shape)
         from kit.compress.int8_share import artifact_share
 
         info["skip_layers"] = list(cfg.skip_layers)
@@ -82,12 +87,21 @@ class Int8Static(_XnnpackInt8):
     bias_correction: bool = True  # weights rounded to their int8 grid, rounding's mean shift taken out of the biases
     correction_samples: int = 64  # calibration inputs the bias correction uses (one batch)
     skip_layers: list[str] = field(default_factory=list)  # module names kept in float
-    keep_float: int = 0  # chain: also keep this many most sensitive layers in float (sensitivity scan)
+    # chain: also keep this many most sensitive layers in float (sensitivity scan), or `auto`: the
+    # fewest layers in float until the targets hold on held-out calibration inputs (kit.compress.mixed_precision)
+    keep_float: int | Literal["auto"] = 0
+    min_int8_macs: float = 0.95  # auto: never less than this share of the MACs in int8
+    target_sqnr_db: float | None = 18.0  # auto: output SQNR to reach on the held-out inputs
+    target_agreement: float | None = 0.90  # auto: top-1 agreement to reach on the held-out inputs
+    holdout: int = 16  # auto: calibration inputs held out (not calibrated on) to check each candidate
+    max_keep_float: int = 8  # auto: at most this many layers in float
+    max_trials: int = 12  # auto: at most this many re-quantizations
     method: Literal["quantize"] = "quantize"
 
     def __post_init__(self):
-        if self.keep_float < 0:
-            raise EdgeKitError(f"quantize keep_float={self.keep_float}: must be >= 0")
+        from kit.compress.mixed_precision import check_settings
+
+        check_settings("quantize", self.keep_float, self.min_int8_macs, self.holdout, self.max_keep_float)
         _check_observer(self.observer)
         if not 50.0 < self.percentile <= 100.0:
             raise EdgeKitError(f"quantize percentile={self.percentile}: give a value in (50, 100], e.g. 99.99")
@@ -117,8 +131,8 @@ class QuantizedModel:
     batch_dynamic: bool = False  # True: the graph accepts any batch size (host evaluation can batch)
     details: dict = field(default_factory=dict)  # what the methods did (bias correction, chosen ranges)
 
-    def __call__(self, x):
-        return self.module(x)
+    def __call__(self, *x):  # several inputs: several arguments
+        return self.module(*x)
 
     def eval(self):
         return self
@@ -187,6 +201,10 @@ def export_for_quant(model: nn.Module, example: tuple[torch.Tensor, ...]):
     x = example[0]
     try:
         batch = torch.export.Dim("batch", min=1, max=4096)
+        if len(example) > 1:  # several inputs: every one batch-dynamic, the same batch
+            graph = torch.export.export(model.eval(), tuple(a.expand(2, *a.shape[1:]).contiguous() for a in example),
+                                        dynamic_shapes=tuple({0: batch} for _ in example), strict=False).module()
+            return graph, True
         graph = torch.export.export(model.eval(), (x.expand(2, *x.shape[1:]).contiguous(),),
                                     dynamic_shapes=({0: batch},), strict=False).module()
         return graph, True
@@ -209,6 +227,8 @@ def count_quantize_ops(graph: nn.Module) -> int:
 def example_from(calib: Dataset | None, input_shape: tuple[int, ...] | None) -> tuple[torch.Tensor, ...]:
     import torch
 
+    if calib is not None and calib.multi_input and len(calib):  # several inputs: a zero tensor each
+        return tuple(torch.zeros((1, *a.shape[1:]), dtype=torch.float32) for a in calib.x)
     if input_shape is None:
         if calib is None or len(calib) == 0:
             raise EdgeKitError("calibration set is empty; give --data with at least one sample (or an input shape for dynamic int8)")
@@ -221,10 +241,15 @@ def calibrate(prepared: nn.Module, calib: Dataset | None, max_samples: int, batc
         raise EdgeKitError("calibration set is empty; static int8 needs calibration samples (--data)")
     import torch
 
-    data = Dataset(calib.x[:max_samples], None)
+    data = Dataset(calib.head(max_samples).x, None)
     with torch.no_grad():
         # A graph exported with a fixed batch of one is calibrated sample by sample.
         for xb, _ in data.batches(batch_size):
+            if data.multi_input:
+                from kit.io import to_torch
+
+                prepared(*to_torch(xb))
+                continue
             prepared(torch.from_numpy(np.ascontiguousarray(xb)))
     return len(data)
 
@@ -267,8 +292,11 @@ def quantize(model: nn.Module, config: Int8Static | Int8Dynamic, calib: Dataset 
     details: dict = {}
     original = model
     if not dynamic:
-        check_finite(calib, "calibration data", config.calib_batches * config.batch_size)
-        if config.bias_correction and not config.per_channel:
+        for part in calib.per_input() if calib is not None else [calib]:  # several inputs: each array on its own
+            check_finite(part, "calibration data", config.calib_batches * config.batch_size)
+        if config.bias_correction and calib is not None and calib.multi_input:  # kit.compress.weight_correction feeds one input tensor
+            details["weight_correction"] = "skipped: a model with several inputs"
+        elif config.bias_correction and not config.per_channel:
             details["weight_correction"] = "skipped: per-tensor weights (a folded BatchNorm moves them off their grid)"
         elif config.bias_correction:
             from kit.compress.weight_correction import correct_weights
@@ -296,6 +324,10 @@ def _run(module, x: np.ndarray, batched: bool) -> np.ndarray:
     import torch
 
     step = 16 if batched else 1
+    if isinstance(x, tuple):  # several inputs / outputs (kit.io)
+        from kit.evaluate import outputs, torch_predictor
+
+        return outputs(torch_predictor(module), Dataset(x, None), step)
     with torch.no_grad():
         return np.concatenate([module(torch.from_numpy(np.ascontiguousarray(x[i:i + step]))).detach().numpy()
                                for i in range(0, len(x), step)])
@@ -316,7 +348,7 @@ def choose_ranges(prepared, config: Int8Static, original: nn.Module, calib: Data
 
     if config.observer != "auto":
         return finish(prepared, config.observer, config.percentile)
-    x = calib.x[:score_samples]
+    x = calib.head(score_samples).x
     ref = _run(original.eval(), x, True)
     rows, best = [], None
     for mode, pct in AUTO_CANDIDATES:
@@ -325,4 +357,4 @@ def choose_ranges(prepared, config: Int8Static, original: nn.Module, calib: Data
         rows.append(row)
         if best is None or row["calib_sqnr_db"] > best[0]:
             best = (row["calib_sqnr_db"], converted, row)
-    return best[1], {"chosen": best[2], "candidates": rows, "scored_on": f"{len(x)} calibration inputs"}
+    return best[1], {"chosen": best[2], "candidates": rows, "scored_on": f"{len(Dataset(x, None))} calibration inputs"}

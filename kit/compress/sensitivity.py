@@ -125,4 +125,19 @@ def prune_sensitivity(model: nn.Module, data: Dataset, ratios=(0.25, 0.5, 0.75, 
     return {"basis": "top1" if data.y is not None else "agreement", "drop_points": table, "suggested": suggested}
 
 
-__all__ = ["quant_sensitivity", "most_sensitive", "prune_sensitivity", "sensitivity_row", "head"]
+def block_sensitivity(model: nn.Module, data: Dataset, example: torch.Tensor, ratios=(0.25, 0.5), *,
+                      teacher: nn.Module | None = None, eval_samples: int = 48, threads: int = 1,
+                      progress: ProgressFn = None) -> list[dict]:
+    """Structured pruning sensitivity per channel group (MobileNetV2: per inverted-residual block's
+    expansion channels, per stage's residual channels): each group alone pruned (DepGraph) at each
+    ratio, agreement lost and KL against `teacher` (default: the model itself), MACs and host ms
+    saved; least harm per MAC first. See kit.compress.netadapt.scan."""
+    from kit.compress.latency_table import LatencyTable
+    from kit.compress.netadapt import _logits, scan
+
+    x = head(data, eval_samples).x
+    ref = _logits(copy.deepcopy(teacher if teacher is not None else model).eval(), x)
+    return scan(copy.deepcopy(model).eval(), ref, x, example, ratios, LatencyTable(threads=threads), progress=progress)
+
+
+__all__ = ["quant_sensitivity", "most_sensitive", "prune_sensitivity", "block_sensitivity", "sensitivity_row", "head"]

@@ -10,11 +10,14 @@ Layout::
     <bundle>/required_operators.config   (.ort only: for a reduced ORT build)
     <bundle>/reference_input.npy
     <bundle>/reference_output.npy
+    (several inputs/outputs: reference_input_<i>.npy, reference_output_<j>.npy instead)
 
 Manifest (schema_version 1): bundle_id (sha256 of the manifest without it, 16 hex), name,
 sequence (monotonic per name: replay protection), created, expires (optional, UTC), runtime
 {name, format, version, min_version}, model {file, sha256, size}, files {name: {sha256, size}},
-inputs/outputs [{name, shape, dtype}], preprocessing, reference {input, output, atol, rtol},
+inputs/outputs [{name, shape, dtype}] (every tensor), preprocessing, reference {input, output, atol,
+rtol} (several inputs/outputs: {inputs: [...], outputs: [...], atol, rtol, atols: [one per output]}
+with the files in forward()'s / the flattened outputs' order, kit.io),
 recipe, compression, delegation (.pte), ort (.onnx/.ort), kit_version, signer (key id).
 
 `preprocessing` is what the model is fed: layout, dtype and, when the packager knows them, the
@@ -141,11 +144,29 @@ def write_bundle(out: str | Path, model_file: str | Path, name: str, reference_i
         shutil.copyfile(model_file, staging / model_name)
         for fname, src in (extra_files or {}).items():
             shutil.copyfile(src, staging / fname)
-        np.save(staging / "reference_input.npy", reference_input)
-        np.save(staging / "reference_output.npy", reference_output)
-        names = [model_name, *(extra_files or {}), "reference_input.npy", "reference_output.npy"]
+        multi = isinstance(reference_input, (tuple, list)) or isinstance(reference_output, (tuple, list))
+        if multi:
+            ref_files, reference = _multi_reference(staging, reference_input, reference_output, tolerance)
+            inputs = inputs or _described(reference_input, "input")
+            outputs = outputs or _described(reference_output, "output")
+        else:
+            np.save(staging / "reference_input.npy", reference_input)
+            np.save(staging / "reference_output.npy", reference_output)
+            ref_files = ["reference_input.npy", "reference_output.npy"]
+        names = [model_name, *(extra_files or {}), *ref_files]
         files = {f: _file_entry(staging / f) for f in names}
-        scale = float(np.abs(reference_output).max()) or 1.0
+        if not multi:
+            scale = float(np.abs(reference_output).max()) or 1.0
+            reference = {
+                "input": "reference_input.npy",
+                "output": "reference_output.npy",
+                # Same artifact, other CPU: float reassociation and int8 rounding differ a little.
+                "atol": (tolerance or {}).get("atol", 0.02 * scale),
+                "rtol": (tolerance or {}).get("rtol", 0.01),
+            }
+            inputs = inputs or [{"name": "input", "shape": list(reference_input.shape), "dtype": str(reference_input.dtype)}]
+            outputs = outputs or [{"name": "output", "shape": list(reference_output.shape), "dtype": str(reference_output.dtype)}]
+        first_in = reference_input[0] if isinstance(reference_input, (tuple, list)) else reference_input
         runtime_info = {"name": RUNTIMES[model_file.suffix], "format": model_file.suffix.lstrip("."), **(runtime or {})}
         manifest = {
             "schema_version": SCHEMA_VERSION,
@@ -156,16 +177,10 @@ def write_bundle(out: str | Path, model_file: str | Path, name: str, reference_i
             "runtime": runtime_info,
             "model": {"file": model_name, **files[model_name]},
             "files": files,
-            "inputs": inputs or [{"name": "input", "shape": list(reference_input.shape), "dtype": str(reference_input.dtype)}],
-            "outputs": outputs or [{"name": "output", "shape": list(reference_output.shape), "dtype": str(reference_output.dtype)}],
-            "preprocessing": preprocessing or {"layout": "NCHW", "dtype": str(reference_input.dtype)},
-            "reference": {
-                "input": "reference_input.npy",
-                "output": "reference_output.npy",
-                # Same artifact, other CPU: float reassociation and int8 rounding differ a little.
-                "atol": (tolerance or {}).get("atol", 0.02 * scale),
-                "rtol": (tolerance or {}).get("rtol", 0.01),
-            },
+            "inputs": inputs,
+            "outputs": outputs,
+            "preprocessing": preprocessing or {"layout": "NCHW", "dtype": str(first_in.dtype)},
+            "reference": reference,
             "kit_version": _kit_version(),
             **(extra or {}),
         }
@@ -189,6 +204,26 @@ def write_bundle(out: str | Path, model_file: str | Path, name: str, reference_i
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Bundle(out, manifest)
+
+
+def _described(arrays, kind: str) -> list[dict]:
+    arrays = list(arrays) if isinstance(arrays, (tuple, list)) else [arrays]
+    return [{"name": f"{kind}_{i}", "shape": list(np.shape(a)), "dtype": str(np.asarray(a).dtype)} for i, a in enumerate(arrays)]
+
+
+def _multi_reference(staging: Path, reference_input, reference_output, tolerance: dict | None) -> tuple[list, dict]:
+    """Several inputs/outputs: one .npy per tensor; atol per output (each output has its own scale)."""
+    ins = list(reference_input) if isinstance(reference_input, (tuple, list)) else [reference_input]
+    outs = list(reference_output) if isinstance(reference_output, (tuple, list)) else [reference_output]
+    in_files = [f"reference_input_{i}.npy" for i in range(len(ins))]
+    out_files = [f"reference_output_{j}.npy" for j in range(len(outs))]
+    for f, a in zip(in_files + out_files, ins + outs):
+        np.save(staging / f, np.asarray(a))
+    atols = [(tolerance or {}).get("atol", 0.02 * ((float(np.abs(np.asarray(a)).max()) if np.size(a) else 0.0) or 1.0))
+             for a in outs]
+    reference = {"inputs": in_files, "outputs": out_files, "atol": max(atols), "atols": atols,
+                 "rtol": (tolerance or {}).get("rtol", 0.01)}
+    return in_files + out_files, reference
 
 
 def _replace_dir(staging: Path, out: Path) -> None:

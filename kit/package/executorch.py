@@ -143,6 +143,15 @@ class PteRunner:
         self._method = Runtime.get().load_program(Path(path)).load_method("forward")
 
     def __call__(self, x):
+        """One input array -> the output array; several inputs (a tuple) or several outputs: kit.io."""
         import numpy as np
 
-        return self._method.execute([torch.from_numpy(np.ascontiguousarray(x))])[0].numpy()
+        from kit.io import Outputs, is_multi, to_torch
+
+        if not is_multi(x):
+            outs = self._method.execute([torch.from_numpy(np.ascontiguousarray(x))])
+        else:
+            outs = self._method.execute(list(to_torch(x)))
+        if len(outs) == 1:
+            return outs[0].numpy()
+        return Outputs([o.numpy() for o in outs])

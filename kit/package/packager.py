@@ -68,6 +68,20 @@ def _ort_io(model_file: Path) -> tuple[list, list]:
     return desc(sess.get_inputs()), desc(sess.get_outputs())
 
 
+def _pte_io(model, example_input, reference_output) -> tuple[list, list]:
+    from kit.io import as_tuple, input_names, output_names
+
+    ins, outs = as_tuple(example_input), as_tuple(reference_output)
+    in_names, out_names = [f"input_{i}" for i in range(len(ins))], [f"output_{j}" for j in range(len(outs))]
+    if not isinstance(model, (str, Path)):
+        module = model.module if isinstance(model, QuantizedModel) else model
+        in_names = input_names(model if not isinstance(model, QuantizedModel) else module, len(ins))
+        names = output_names(module, example_input)
+        out_names = names if len(names) == len(outs) else out_names
+    return ([{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in zip(in_names, ins)],
+            [{"name": n, "shape": list(a.shape), "dtype": str(a.dtype)} for n, a in zip(out_names, outs)])
+
+
 def _onnx_opset(model_file: Path) -> int | None:
     import onnx
 
@@ -117,7 +131,12 @@ def package(model, target: str, out_dir: str | Path, example_input: np.ndarray |
     check_request(model, target, optimize=optimize, expires=expires, key=key)
     if example_input is None:
         raise EdgeKitError("package needs an example input (its shape fixes the model's input shape)")
-    example_input = np.ascontiguousarray(example_input, dtype=np.float32)
+    multi_in = isinstance(example_input, (tuple, list))  # several inputs: one array each (kit.io)
+    if multi_in:
+        example_input = tuple(np.ascontiguousarray(a, dtype=np.float32 if np.issubdtype(np.asarray(a).dtype, np.floating)
+                                                   else np.asarray(a).dtype) for a in example_input)
+    else:
+        example_input = np.ascontiguousarray(example_input, dtype=np.float32)
     extra = dict(extra or {})
     warnings: list[str] = []
     steps = 4
@@ -132,7 +151,7 @@ def package(model, target: str, out_dir: str | Path, example_input: np.ndarray |
                 model_file = self_contained_onnx(model_file, tmp / "model.onnx")
         else:
             module = model.module if isinstance(model, QuantizedModel) else model
-            example = (torch.from_numpy(example_input),)
+            example = tuple(torch.from_numpy(a) for a in example_input) if multi_in else (torch.from_numpy(example_input),)
             if target == "executorch":
                 model_file = tmp / "model.pte"
                 delegation = export_pte(module, example, model_file, etrecord_path=tmp / "model.etrecord")
@@ -166,10 +185,14 @@ def package(model, target: str, out_dir: str | Path, example_input: np.ndarray |
             extra["ort"] = ort_info
         report(progress, "package", 2, steps)
 
-        reference_output = np.asarray(runner_for(model_file)(example_input))
+        reference_output = runner_for(model_file)(example_input)
+        multi_out = isinstance(reference_output, (tuple, list))
+        reference_output = list(map(np.asarray, reference_output)) if multi_out else np.asarray(reference_output)
         inputs = outputs = None
         if model_file.suffix in (".onnx", ".ort"):
             inputs, outputs = _ort_io(model_file)
+        elif multi_in or multi_out:  # a .pte names nothing: forward()'s arguments and the output paths (kit.io)
+            inputs, outputs = _pte_io(model, example_input, reference_output)
         if recipe is not None:
             extra["recipe"] = recipe
         if compression is not None:

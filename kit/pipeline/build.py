@@ -55,7 +55,12 @@ class Build:
 
 def check_input(recipe: Recipe, splits: Splits, model=None) -> None:
     """The data against the recipe's input (channels, image_size, preprocess) and the model's first
-    convolution; one line naming the field or flag to change."""
+    convolution; one line naming the field or flag to change. Several inputs: the first one's,
+    when it is an N x C x H x W image."""
+    if splits.train.multi_input:
+        if splits.train.x[0].ndim != 4:
+            return
+        splits = replace(splits, train=replace(splits.train, x=splits.train.x[0]))
     channels = splits.train.x.shape[1]
     if recipe.input.channels is not None and recipe.input.channels != channels:
         raise EdgeKitError(f"recipe {recipe.name} ({recipe.source}): input.channels={recipe.input.channels} but data "
@@ -98,7 +103,8 @@ def manifest_preprocessing(recipe: Recipe, splits: Splits) -> dict:
     from kit.preprocess import Preprocess
 
     pre = splits.preprocess or recipe.input.preprocessing() or Preprocess()
-    return pre.manifest(splits.test.x[:1].shape, splits.name)
+    first = splits.test.x[0] if splits.test.multi_input else splits.test.x  # several inputs: the first one's
+    return pre.manifest(first[:1].shape, splits.name)
 
 
 def json_safe(obj):
@@ -121,11 +127,13 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _cache_key(recipe: Recipe, model, splits: Splits, teacher, **options) -> str:
     from kit.cache import build_key, hash_arrays, hash_module
+    from kit.io import as_tuple
     from kit.package.signing import key_id
 
     return build_key(kind="compress-job", model=hash_module(model), teacher=hash_module(teacher) if teacher else None,
                      recipe=recipe.model_dump(mode="json", exclude={"source", "description"}),
-                     data=hash_arrays(splits.train.x, splits.train.y, splits.calib.x, splits.test.x, splits.test.y),
+                     data=hash_arrays(*as_tuple(splits.train.x), splits.train.y, *as_tuple(splits.calib.x),
+                                      *as_tuple(splits.test.x), splits.test.y),
                      signing_key=key_id(), **options)
 
 
@@ -143,7 +151,8 @@ def _compress_and_package(recipe: Recipe, model, splits: Splits, out_dir: Path, 
     work = out_dir / "work"
     try:
         result = run_chain(model, recipe.steps, splits, budget=recipe.budget, teacher=teacher,
-                           runtime=recipe.runtime, progress=progress, workdir=work, eval_samples=eval_samples)
+                           runtime=recipe.runtime, progress=progress, workdir=work, eval_samples=eval_samples,
+                           **({"task": recipe.task} if recipe.task else {}))
         preprocessing = manifest_preprocessing(recipe, splits)
         report = {"recipe": recipe.summary(), "name": name, "preprocessing": preprocessing, **result.report,
                   "override_budget": override_budget}
@@ -160,13 +169,18 @@ def _compress_and_package(recipe: Recipe, model, splits: Splits, out_dir: Path, 
         # The reference input is the first test sample as the loader preprocessed it (resized,
         # normalised): the agent's reference check runs the model on exactly what it is fed.
         bundle = package(result.model, recipe.format if recipe.format == "ort" else recipe.target, out_dir / "bundle",
-                         splits.test.x[:1], name=name, recipe=recipe.summary(), compression=compact,
-                         preprocessing=preprocessing)
+                         splits.test.head(1).x, name=name, recipe=recipe.summary(), compression=compact,
+                         preprocessing=preprocessing,
+                         **({"extra": {"task": recipe.task.manifest(recipe.budget.metric, report)}} if recipe.task else {}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     runner, seen = runner_for(bundle.model_file, recipe.threads), []
     recording = (lambda x: seen.append(runner(x)) or seen[-1]) if recipe.budget.metric else runner
-    report["artifact"] = evaluate_artifact(bundle.model_file, recording, result.reference, result.eval_data,
+    from kit.splits import class_labels
+
+    judged = result.eval_data if result.eval_data.y is None or class_labels(result.eval_data.y) else \
+        replace(result.eval_data, y=None)  # masks / boxes: no top-1, the task metric below judges them
+    report["artifact"] = evaluate_artifact(bundle.model_file, recording, result.reference, judged,
                                            bundle.manifest.get("delegation"))
     if recipe.budget.metric:  # the user metric on the artifact's own outputs
         import numpy as np
@@ -174,7 +188,8 @@ def _compress_and_package(recipe: Recipe, model, splits: Splits, out_dir: Path, 
         from kit.compress.gate import run_metric
 
         report["artifact"]["metric"] = {"name": recipe.budget.metric, "value": run_metric(
-            recipe.budget.metric, np.concatenate([np.asarray(o) for o in seen]), result.eval_data.y)}
+            recipe.budget.metric, np.concatenate([np.asarray(o) for o in seen]), result.eval_data.y,
+            reference=result.reference, task=recipe.task)}
     report.update(bundle=str(bundle.path), checkpoint=str(checkpoint) if checkpoint else None,
                   seconds=round(time.time() - t0, 1))
     _write_json(out_dir / "report.json", report)
@@ -189,7 +204,15 @@ def build(recipe: Recipe, model, splits: Splits, out_dir: str | Path, *, teacher
     `cache`: reuse an identical earlier build (kit.cache: the key covers the model's weights, the
     teacher, the recipe, the data, the options and the signing key). `baseline_top1`: the original's
     top-1 the artifact gate compares with (default: measured on the same evaluation samples).
+    A kit.onnx_model.OnnxModel (a user's .onnx file) is built by kit.pipeline.build_onnx.
     """
+    from kit.onnx_model import OnnxModel
+
+    if isinstance(model, OnnxModel):
+        from kit.pipeline.build_onnx import build_onnx
+
+        return Build(**build_onnx(recipe, model, splits, out_dir, override_budget=override_budget, name=name,
+                                  progress=progress, eval_samples=eval_samples, cache=cache, baseline_top1=baseline_top1))
     check_input(recipe, splits, model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, 
 
 from kit.compress.base import RUNTIMES, Pass  # noqa: F401  (RUNTIMES: re-exported by kit.recipes)
 from kit.compress.registry import parse_chain
+from kit.tasks.spec import Task
 
 FORMATS_BY_RUNTIME = {"executorch": ("pte",), "onnxruntime": ("onnx", "ort")}
 # Device kinds the shipped recipes target; a user may name others (the inventory's `kind`).
@@ -111,6 +112,8 @@ class Recipe(_Strict):
     threads: int = Field(1, ge=1, le=64)
     compress: list[dict[str, Any]] = Field(default_factory=list)
     budget: Budget = Field(default_factory=Budget)
+    task: Task | None = Field(None, description="What the model does (classification, segmentation, detection): its "
+                              "postprocess and metric; the metric becomes budget.metric when none is given.")
     bench: BenchSpec = Field(default_factory=BenchSpec)
     # Overrides (`key=value`, as for --set) that shrink the recipe for quick tests: small inputs,
     # one epoch. Applied only when asked for (load_recipe(..., overrides=recipe.smoke)).
@@ -132,6 +135,18 @@ class Recipe(_Strict):
         if self.format is None:
             self.format = FORMATS_BY_RUNTIME[self.runtime][0]
         self._steps = parse_chain(self.compress, self.runtime, self.format)
+        return self
+
+    @model_validator(mode="after")
+    def _task_metric(self):
+        """A task without budget.metric: its metric, budget task.metric_drop; a detector's output has
+        no top-1, so an inherited agreement floor (argmax of the output rows) is dropped."""
+        if self.task is not None and not self.budget.metric:
+            update = {"metric": self.task.metric_spec,
+                      "metric_drop": self.task.metric_drop if self.budget.metric_drop is None else self.budget.metric_drop}
+            if self.task.kind == "detection":
+                update["agreement"] = None
+            self.budget = self.budget.model_copy(update=update)
         return self
 
     @property

@@ -221,7 +221,15 @@ def render(rows: list[dict], title: str = "EdgeKit report", *, confidence: float
                      {True: "ok", False: "<b>FAILED</b>", None: "—"}[p.row.get("reference_passed")], front,
                      _esc(p.recipe_text) or "— (not recorded)",
                      _esc(gate_text(((p.row.get("manifest") or {}).get("compression") or {}).get("gate"))), _esc(p.run_id)])
-    parts.append(_table("measurements", head, body, {0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}))
+    numeric = {0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}
+    if any((p.row.get("manifest") or {}).get("task") for p in points):  # detectors/segmenters: their metric by latency
+        from kit.tasks.spec import metric_text
+
+        head.insert(7, "task metric")
+        for p, cells in zip(points, body):
+            cells.insert(7, _esc(metric_text((p.row.get("manifest") or {}).get("task"))))
+        numeric = {i + (i >= 7) for i in numeric}
+    parts.append(_table("measurements", head, body, numeric))
     recipes = {p.row["recipe_name"] or p.recipe_text: p.row["recipe"] for p in points if isinstance(p.row.get("recipe"), dict)}
     if recipes:
         parts.append("<h2>Recipes</h2>" + "".join(

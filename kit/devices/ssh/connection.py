@@ -32,6 +32,8 @@ from device_agents.protocol import is_heartbeat, strip_heartbeats
 from kit.devices.ssh.target import SshTarget, known_hosts_files, resolve_target
 from kit.errors import AgentProtocolError, DeviceError, DeviceUnreachable, HeartbeatLost, HostKeyRejected, LinkLost
 
+STARTUP_GRACE = 3  # the first heartbeat may take this many heartbeat timeouts (agent start-up)
+
 # What a dead or stalled link raises inside paramiko (socket.timeout is an OSError; SFTPError is a
 # garbled SFTP stream). Which of these is really the link, not a refusal, is decided where caught.
 LINK_ERRORS = (OSError, EOFError, paramiko.SSHException, paramiko.SFTPError)
@@ -261,7 +263,10 @@ class SshConnection:
             if time.monotonic() > end:
                 raise _DeadlineExpired()
             silent = time.monotonic() - heard[0]
-            if hb_timeout and silent > hb_timeout and not chan.exit_status_ready():
+            # Until the agent's first word, allow for its start (python + imports), which a loaded
+            # device can stretch well past one heartbeat interval; after it, the plain timeout.
+            limit = hb_timeout if (out or err) else hb_timeout * STARTUP_GRACE
+            if hb_timeout and silent > limit and not chan.exit_status_ready():
                 self._hard_close()
                 raise HeartbeatLost(self.name, step, silent, hb_timeout)
 
