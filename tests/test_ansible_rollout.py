@@ -70,6 +70,10 @@ def test_exported_playbook_canary_batch_idempotent_gate_failure(fleet_sshd, flee
     tasks = (out1 / "roles" / "edgekit_rollout" / "tasks" / "main.yml").read_text()
     assert "ansible.builtin.shell" not in tasks and "StrictHostKeyChecking=yes" in (out1 / "inventory.yml").read_text()
     assert yaml.safe_load((out1 / "rollout.yml").read_text())[0]["serial"] == [1, 2]
+    # Two archives, not a file tree: the agent and the bundle each travel as one tar.
+    files = out1 / "roles" / "edgekit_rollout" / "files"
+    assert sorted(p.name for p in files.iterdir()) == ["agent.tar", "bundle.tar", "trusted_keys"]
+    assert "ansible.builtin.unarchive" not in tasks and "src: agent.tar" in tasks and "src: bundle.tar" in tasks
 
     # 1) canary, then the batch of two; every host updated and gated.
     rc, recap, log = _play(out1)
@@ -116,3 +120,55 @@ def test_exported_playbook_canary_batch_idempotent_gate_failure(fleet_sshd, flee
     # Collected once: the records moved aside, a second collect has nothing to count twice.
     assert (out2 / "results" / f"collected-{summary['rollout_id']}" / f"{names[0]}.json").is_file()
     assert main(["ansible", "collect", str(out2), "--results", str(db)]) == 2
+
+
+def _unpack(tar, dest, sha, pins):
+    import subprocess
+    import sys
+
+    from kit.ansible.archive import UNPACK_AGENT
+
+    p = subprocess.run([sys.executable, "-I", "-c", UNPACK_AGENT, str(tar), str(dest), sha, json.dumps(pins)],
+                       capture_output=True, text=True, timeout=60, cwd="/")
+    return p.returncode, json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_agent_archive_is_deterministic_and_unpacked_by_the_checked_extraction(tmp_path):
+    """The agent tar is byte-identical across exports; the device-side unpack (run here with an
+    isolated Python, as on a device without the kit) installs it, reports no change the second
+    time, and refuses a tampered archive or a link member, leaving nothing half-written."""
+    import hashlib
+    import tarfile
+    from pathlib import Path
+
+    import device_agents
+    from kit.ansible.archive import UNPACK_AGENT, agent_tar
+
+    assert not any(m in UNPACK_AGENT for m in ("{{", "{%", "{#"))  # Ansible must not template it
+    pkg = Path(device_agents.__file__).parent
+    sha, pins = agent_tar(pkg, tmp_path / "a.tar")
+    assert agent_tar(pkg, tmp_path / "b.tar")[0] == sha and (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    assert "device_agents/tarball.py" in pins and not any("__pycache__" in n for n in pins)
+
+    dest = tmp_path / "home" / "agent" / "v"
+    assert _unpack(tmp_path / "a.tar", dest, sha, pins) == (0, {"ok": True, "changed": True})
+    for name, meta in pins.items():
+        assert hashlib.sha256((dest / name).read_bytes()).hexdigest() == meta["sha256"]
+    assert _unpack(tmp_path / "a.tar", dest, sha, pins) == (0, {"ok": True, "changed": False})
+    (dest / "device_agents" / "agent.py").write_text("tampered = True\n")  # a damaged install is replaced
+    assert _unpack(tmp_path / "a.tar", dest, sha, pins) == (0, {"ok": True, "changed": True})
+    assert hashlib.sha256((dest / "device_agents" / "agent.py").read_bytes()).hexdigest() == pins["device_agents/agent.py"]["sha256"]
+
+    # A tar that is not the exported one: refused before any of it is read.
+    rc, doc = _unpack(tmp_path / "a.tar", tmp_path / "x", "0" * 64, pins)
+    assert rc == 1 and not doc["ok"] and "sha256 differs" in doc["error"] and not (tmp_path / "x").exists()
+    # A tar whose digest matches (the exporter was fooled) but which holds a link: the agent's screening refuses it.
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tf, tarfile.open(tmp_path / "a.tar") as good:
+        for m in good.getmembers():
+            tf.addfile(m, good.extractfile(m))
+        link = tarfile.TarInfo("device_agents/escape.py")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    rc, doc = _unpack(evil, tmp_path / "y", hashlib.sha256(evil.read_bytes()).hexdigest(), pins)
+    assert rc == 1 and "tar_link" in doc["error"] and not (tmp_path / "y").exists() and not (tmp_path / "y.new").exists()

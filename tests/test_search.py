@@ -107,7 +107,7 @@ def test_search_on_digits_picks_a_recipe_shows_the_front_and_reuses_measurements
                         budget_top1_drop=1.0, model_name="digits-cnn")
         assert store.db.execute("SELECT COUNT(*) FROM measurements").fetchone()[0] == len(names)
     assert second.measured == 0 and second.reused == 2
-    assert all(c.reused and c.built_from_cache for c in second.candidates)
+    assert all(c.reused and c.built_from_cache for c in second.candidates), [(c.recipe, c.reused, c.built_from_cache, c.skipped, c.error) for c in second.candidates]
     first = {c["recipe"]: c for c in doc["candidates"]}
     for c in second.candidates:
         assert c.model_sha256 == first[c.recipe]["model_sha256"]

@@ -80,7 +80,7 @@ def collect(export_dir: str | Path, store_path: str | Path | None = None) -> dic
     unknown = sorted(set(records) - set(meta["hosts"]))
     if unknown:
         raise EdgeKitError(f"{out / 'results'}: record(s) of {', '.join(unknown)}, not hosts of this export; remove them")
-    bundle = Bundle.load(out / "roles" / ROLE / "files" / "bundle")
+    bundle = Bundle.load(out / "roles" / ROLE / "files" / "bundle.tar")  # its manifest only
     bundle_id = meta["bundle_id"]
     with rs.RolloutState(store_path or results_path()) as state:
         rid = state.create(bundle_id, meta["model_name"], meta["group"], meta["hosts"],

@@ -4,8 +4,9 @@ bundle out the way `edgekit rollout` does (kit/ansible/role.py has the tasks).
     out/ansible.cfg              forks, strict host keys, pipelining, the inventory below
     out/inventory.yml            the group's hosts with their connection vars (or use your own: -i)
     out/rollout.yml              the play: serial [canary, batch...], max_fail_percentage
-    out/roles/edgekit_rollout/   defaults (bundle id, model, gate settings), tasks, and files:
-                                 the agent, the trusted signing keys, the bundle
+    out/roles/edgekit_rollout/   defaults (bundle id, model, gate settings, archive digests), tasks,
+                                 and files: agent.tar, bundle.tar (one deterministic plain tar
+                                 each, kit/ansible/archive.py), the trusted signing keys
     out/results/                 filled by the play: one agent-JSON record per host
     out/edgekit-export.json      what was exported (read by `edgekit ansible collect`)
 
@@ -26,7 +27,7 @@ from pathlib import Path
 import yaml
 
 import device_agents
-from kit.ansible import role
+from kit.ansible import archive, role
 from kit.devices.entry import DeviceEntry
 from kit.errors import EdgeKitError
 from kit.fleet.health import latency_budget
@@ -63,8 +64,8 @@ def host_vars(entry: DeviceEntry) -> dict:
     return v
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.part"), dirs_exist_ok=False)
+def _sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()  # the copy module's own transfer check (checksum:)
 
 
 def _serial(n: int, opts: RolloutOptions) -> list[int]:
@@ -94,8 +95,8 @@ def export_playbook(bundle, entries: list[DeviceEntry], group: str, out: str | P
         shutil.rmtree(out)
     model = model_name or bundle.manifest.get("name") or "model"
     files = out / "roles" / ROLE / "files"
-    _copy_tree(Path(device_agents.__file__).parent, files / "agent" / "device_agents")
-    _copy_tree(bundle.path, files / "bundle")
+    agent_sha, agent_pins = archive.agent_tar(Path(device_agents.__file__).parent, files / "agent.tar")
+    bundle_sha = archive.bundle_tar(bundle, files / "bundle.tar")
     (files / "trusted_keys").mkdir(parents=True)
     for key in default_trusted_keys():
         data = Path(key).read_bytes()  # the same names the kit's own transport gives them
@@ -109,6 +110,11 @@ def export_playbook(bundle, entries: list[DeviceEntry], group: str, out: str | P
         "edgekit_latency_budget_ms": latency_budget(bundle, opts), "edgekit_latency_stat": opts.latency_stat,
         "edgekit_agent_timeout_s": opts.agent_timeout_s,
         "edgekit_results_dir": str((out / "results").resolve()),
+        # The archives (sha256 checked on the device, sha1 by the copy module after the transfer).
+        "edgekit_agent_tar_sha256": agent_sha, "edgekit_agent_tar_sha1": _sha1(files / "agent.tar"),
+        "edgekit_bundle_tar_sha256": bundle_sha, "edgekit_bundle_tar_sha1": _sha1(files / "bundle.tar"),
+        "edgekit_agent_files": agent_pins,
+        "edgekit_unpack_agent": archive.UNPACK_AGENT,
     }
     _write(out / "roles" / ROLE / "defaults" / "main.yml", "# edgekit ansible export: override per host or with -e\n"
            + yaml.safe_dump(defaults, sort_keys=False))

@@ -4,9 +4,12 @@ The role does what `edgekit rollout` does for one host (kit/fleet/device_update.
 agent's own verbs as the single source of truth, every one run as an argv list
 (ansible.builtin.command `argv:`: no shell, no command line built from data):
 
-  resolve the agent home -> copy agent, trusted keys, bundle (the copy module: checksummed, sent
-  only when different; modes left as they are, so the kit's own pushes and these agree) -> status
-  (what runs now) -> activate (verifies, then switches atomically) -> health gate (the agent's
+  resolve the agent home -> copy agent.tar, trusted keys, bundle.tar (one deterministic tar each,
+  kit/ansible/archive.py; the copy module sends a file only when its checksum differs and checks
+  the transfer's sha1) -> unpack the agent with the agent's own checked extraction
+  (device_agents.tarball, against the exported sha256 pins) -> status (what runs now) -> if not
+  current: unpack the bundle (`verify --bundle <tar>`: signature, then the checked extraction into
+  bundles/<id>) -> activate (verifies, then switches atomically) -> health gate (the agent's
   bench of the activated version, then reference check and latency budget) -> on any failure roll
   back (`rollback --expect-current <new>`: a no-op unless the new version is current) and fail the
   host. Every host's agent JSON is written to <export>/results/<host>.json on the controller;
@@ -112,9 +115,9 @@ _GATE_OK = ("({gate}.result.reference_check.passed | default(false)) and (edgeki
 
 TASKS = ("""\
 # Made by `edgekit ansible export` (kit/ansible/role.py describes it). Every agent call is argv.
-- name: "edgekit | resolve the agent home on the device"
+- name: "edgekit | resolve the agent home on the device (and make its agent/ and bundles/.ansible/)"
   ansible.builtin.command:
-    argv: ["{{ edgekit_python }}", "-c", "import os, sys; print(os.path.abspath(os.path.expanduser(sys.argv[1])))", "{{ edgekit_home }}"]
+    argv: ["{{ edgekit_python }}", "-c", "import os, sys; h = os.path.abspath(os.path.expanduser(sys.argv[1])); [os.makedirs(os.path.join(h, d), exist_ok=True) for d in ('agent', 'bundles/.ansible')]; print(h)", "{{ edgekit_home }}"]
   register: ek_home_out
   changed_when: false
 
@@ -123,22 +126,33 @@ TASKS = ("""\
     ek_home: "{{ ek_home_out.stdout | trim }}"
     ek_agent_dir: "{{ ek_home_out.stdout | trim }}/agent/{{ edgekit_agent_version }}"
     ek_bundle_dir: "{{ ek_home_out.stdout | trim }}/bundles/{{ edgekit_bundle_id }}"
+    ek_agent_tar: "{{ ek_home_out.stdout | trim }}/agent/.{{ edgekit_agent_version }}.tar"
+    ek_bundle_tar: "{{ ek_home_out.stdout | trim }}/bundles/.ansible/{{ edgekit_bundle_id }}.tar"
 
-- name: "edgekit | copy the agent (checksums: sent only when different)"
+- name: "edgekit | copy the agent as one tar (checksum: sent only when different)"
   ansible.builtin.copy:
-    src: agent/
-    dest: "{{ ek_agent_dir }}/"
+    src: agent.tar
+    dest: "{{ ek_agent_tar }}"
+    checksum: "{{ edgekit_agent_tar_sha1 }}"
   register: ek_copy_agent
+
+- name: "edgekit | unpack the agent with its own checked extraction (sha256 pins; no links, no '..')"
+  ansible.builtin.command:
+    argv: ["{{ edgekit_python }}", "-c", "{{ edgekit_unpack_agent }}", "{{ ek_agent_tar }}", "{{ ek_agent_dir }}", "{{ edgekit_agent_tar_sha256 }}", "{{ edgekit_agent_files | to_json }}"]
+  register: ek_unpack_agent
+  changed_when: (ek_unpack_agent.stdout | from_json).changed | default(false)
+  failed_when: not (((ek_unpack_agent.stdout | default('')) or 'null') | from_json | default({}, true)).ok | default(false)
 
 - name: "edgekit | copy the trusted signing keys"
   ansible.builtin.copy:
     src: trusted_keys/
     dest: "{{ ek_home }}/trusted_keys/"
 
-- name: "edgekit | copy the bundle (checksums; the agent verifies every file and the signature)"
+- name: "edgekit | copy the bundle as one tar (checksum; the agent verifies the signature and every file)"
   ansible.builtin.copy:
-    src: bundle/
-    dest: "{{ ek_bundle_dir }}/"
+    src: bundle.tar
+    dest: "{{ ek_bundle_tar }}"
+    checksum: "{{ edgekit_bundle_tar_sha1 }}"
   register: ek_copy_bundle
 
 """ + _agent_task("status: what runs now", '"status", "--name", "{{ edgekit_model }}"', "ek_status_out") + """
@@ -150,6 +164,8 @@ TASKS = ("""\
   when: ek_current != edgekit_bundle_id
   block:
 """ % {"status": _doc("ek_status_out")}
+    + _agent_task("unpack the bundle (signature first, then the checked extraction into bundles/<id>)",
+                  '"verify", "--bundle", "{{ ek_bundle_tar }}"', "ek_verify_out", indent=4)
     + _agent_task("activate (verifies every file and the signature, then switches atomically)", '"activate", "--bundle", "{{ ek_bundle_dir }}", "--name", "{{ edgekit_model }}"',
                   "ek_activate_out", changed=f"{_doc('ek_activate_out')}.result.changed | default(false)", indent=4)
     + _agent_task("health gate: the agent benches the activated version",

@@ -43,7 +43,8 @@ def _measurements_table(rows: list[dict], title: str) -> Table:
     from kit.tasks.spec import metric_text
 
     energy = any(r.get("energy_mj") is not None for r in rows)
-    tasks = any((r.get("manifest") or {}).get("task") for r in rows)  # a detector/segmenter: its metric by latency
+    task_of = lambda r: (r.get("manifest") or json.loads(r.get("manifest_json") or "{}") or {}).get("task")  # noqa: E731
+    tasks = any(task_of(r) for r in rows)  # a detector/segmenter: its metric beside latency
     table = Table(title=escape(title))
     for col in ("id", "run", "variant", "device", "runtime", "thr", "KiB", "top-1") + (("task metric",) if tasks else ()) + (
             "p50 ms", "p99 ms", "cv") + (("mJ",) if energy else ()) + (
@@ -55,7 +56,7 @@ def _measurements_table(rows: list[dict], title: str) -> Table:
                       escape(r["device"]) + (" (emulated)" if r.get("emulated") else ""), r["runtime"], str(r["threads"]),
                       _f(r["size_bytes"] / 1024 if r["size_bytes"] is not None else None, ".0f"),
                       "" if acc is None else f"{100 * acc:.2f}%",
-                      *((escape(metric_text((r.get("manifest") or {}).get("task"))),) if tasks else ()),
+                      *((escape(metric_text(task_of(r))),) if tasks else ()),
                       _f(r["p50_ms"]), _f(r["p99_ms"]), _f(r["cv"], ".2f"),
                       *((_f(r.get("energy_mj")),) if energy else ()), _f(r.get("load_ms"), ".1f"), _f(r.get("first_inference_ms"), ".2f"),
                       _f(r.get("runtime_import_mb"), ".1f"), _f(r.get("model_load_mb"), ".1f"), _f(r.get("inference_peak_mb"), ".1f"),
