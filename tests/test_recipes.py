@@ -206,7 +206,7 @@ def test_cli_recipes_list_and_show(tmp_path):
     refused = _edgekit("recipes", "show", str(bad))
     assert refused.returncode == 2
     assert refused.stderr.strip() == f"edgekit: error: {bad}:3: unknown key 'threadz'; allowed keys: name, description, " \
-                                     "base, device, runtime, format, input, threads, compress, budget, bench, smoke"
+                                     "base, device, runtime, format, input, threads, compress, budget, task, bench, smoke"
 
 
 # --- the registered passes ------------------------------------------------------------------
