@@ -196,9 +196,12 @@ def check_supported(m: OnnxModel) -> None:
                            "(re-export with a float32 input)")
 
 
-def load_onnx_data(m: OnnxModel, spec: str, *, image_size: int | None = None, preprocess=None, seed: int = 0):
+def load_onnx_data(m: OnnxModel, spec: str, *, image_size: int | None = None, preprocess=None, seed: int = 0,
+                   task=None):
     """--data for `m`: loaded at the graph input's H/W (else `image_size`), checked against its
-    shape. An .npz may hold the samples as `x` or under the graph input's name (and labels as `y`)."""
+    shape. An .npz may hold the samples as `x` or under the graph input's name (and labels as `y`).
+    With a detection / segmentation `task` (kit.tasks.spec.Task), a folder is read as the PyTorch
+    path reads it (kit.tasks.data: COCO / YOLO labels, mask PNGs, or images only)."""
     import tempfile
 
     from kit.data import load_data
@@ -207,6 +210,13 @@ def load_onnx_data(m: OnnxModel, spec: str, *, image_size: int | None = None, pr
     shape = m.input["shape"]
     size = shape[-1] if len(shape) == 4 and isinstance(shape[-1], int) else image_size
     path = Path(spec)
+    if task is not None and task.kind != "classification" and path.is_dir():
+        from kit.tasks.data import load_task_data
+
+        splits = load_task_data(task.kind, path, size, preprocess=preprocess, seed=seed)
+        check_input(m, splits.train.x, spec)
+        task.params.setdefault("image_size", size)  # the detector's boxes are scaled to pixels by it
+        return splits
     if path.suffix == ".npz" and path.is_file():
         name = m.input["name"]
         try:
@@ -260,4 +270,4 @@ def open_onnx(spec: str, recipe, data: str, preprocess, out_dir: str | Path, *, 
     for line in m.notes:
         if note is not None:
             note(f"note: {line}")
-    return m, load_onnx_data(m, data, image_size=recipe.input.image_size, preprocess=preprocess)
+    return m, load_onnx_data(m, data, image_size=recipe.input.image_size, preprocess=preprocess, task=recipe.task)

@@ -14,13 +14,7 @@ RECIPES = {"pte": ("x86-64-int8", ["compress.0.calib_batches=1"]),
 SIZES = {"ssdlite": 128, "lraspp": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Training, quantization and export on one thread: oversubscribed threads crawl on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/fixtures_threads.py
 
 
 @pytest.fixture(scope="module")

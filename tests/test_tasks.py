@@ -1,8 +1,9 @@
 """Tasks beyond classification (issue #15): a YOLO-style detector and a small segmenter trained
 here on synthetic shapes, their fp32 metric asserted well above chance first (mAP@0.5 and mIoU via
-torchmetrics), then compress int8 -> package -> bench on `local` on both runtimes (.pte through
-ExecuTorch/XNNPACK, .onnx through ONNX Runtime) with the task metric in report.json, the manifest
-and the results display, and the gate refusing an over-budget result."""
+torchmetrics), then compress int8 -> package -> bench on `local` and over a real sshd device, on
+both runtimes (.pte through ExecuTorch/XNNPACK, .onnx through ONNX Runtime), with the task metric
+in report.json, the manifest, the stored rows and the results display, and the gate refusing an
+over-budget result."""
 
 from __future__ import annotations
 
@@ -20,13 +21,7 @@ RECIPES = {"pte": ("x86-64-int8", ["compress.0.calib_batches=1"]),
 SIZE = 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Training, quantization and export on one thread: oversubscribed threads crawl on a shared machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/fixtures_threads.py
 
 
 @pytest.fixture(scope="session")
@@ -133,16 +128,17 @@ def _build(model, kind: str, runtime: str, splits, out, extra=(), **kw):
 @pytest.mark.parametrize("runtime", ["pte", "onnx"])
 @pytest.mark.parametrize("kind", ["detection", "segmentation"])
 @pytest.mark.timeout(1200)  # training + two exports on a shared 2-core machine
-def test_task_model_int8_package_bench_with_its_metric(kind, runtime, request, shapes, tmp_path, capsys):
+def test_task_model_int8_package_bench_with_its_metric(kind, runtime, request, shapes, sshd_device, tmp_path, capsys):
     from rich.console import Console
 
     from kit.cli import main
     from kit.cli.results import _measurements_table
     from kit.devices import BenchOptions
+    from kit.devices.ssh import Deadlines, SshDevice
     from kit.package import Bundle
     from kit.pipeline.measure import measure, open_device
     from kit.results.report import write_report
-    from kit.results.store import ResultsStore
+    from kit.results.store import ResultsStore, decode
 
     model = request.getfixturevalue("detector" if kind == "detection" else "segmenter")  # train only what is used
     metric = {"detection": "kit.tasks.metrics:map50", "segmentation": "kit.tasks.metrics:miou"}[kind]
@@ -160,7 +156,17 @@ def test_task_model_int8_package_bench_with_its_metric(kind, runtime, request, s
     with ResultsStore(db) as store, open_device("local") as device:
         got = measure(device, Bundle.load(built.bundle_path), store, options=BenchOptions(runs=3, warmup=1))
         assert got.reference_passed is True and got.p50_ms > 0
+    # the same bundle over a real sshd device: the agent's reference check on its own runtime there.
+    # Generous deadlines: this checks outputs, not liveness, on a shared 2-core machine.
+    slow = Deadlines(connect_s=30, command_s=300, io_idle_s=120, transfer_s=300, heartbeat_timeout_s=300)
+    with ResultsStore(db) as store, SshDevice(sshd_device, deadlines=slow) as device:
+        over = measure(device, Bundle.load(built.bundle_path), store, options=BenchOptions(runs=3, warmup=1))
+        assert over.reference_passed is True and over.p50_ms > 0
+        assert over.row["device"] == sshd_device.name and over.row["runtime"] == manifest["runtime"]["name"]
+        stored = decode(over.row)["manifest"]["task"]  # the stored row carries the task and its metric
+        assert stored["kind"] == kind and stored["metric"] == metric and stored["value"] == pytest.approx(manifest["task"]["value"])
         rows = store.measurements()
+    assert [r["device"] for r in rows] == ["local", sshd_device.name]
     label = {"detection": "mAP@0.5", "segmentation": "mIoU"}[kind]
     html = write_report(rows, tmp_path / "html").read_text()
     assert "task metric" in html and f"{kind} {label} " in html
@@ -199,3 +205,37 @@ def test_task_recipe_section_fills_the_budget_and_refuses_bad_values():
         load_recipe("x86-64-int8", ["task.kind=tracking"])
     plain = load_recipe("x86-64-int8")
     assert plain.task is None and "task" not in plain.summary()
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("kind", ["segmentation", "detection"])
+def test_task_on_a_user_onnx_gates_on_its_metric(kind, request, shapes, tmp_path):
+    """`edgekit compress model.onnx --task KIND --data FOLDER`: the trained segmenter / detector
+    exported here and handed over as a file, its data a folder of images with mask PNGs / COCO
+    JSON; ORT int8 is judged by mIoU / mAP@0.5 against those labels (not top-1), and the manifest
+    records the task."""
+    from kit.cli import main
+    from kit.tasks.shapes import write_shapes
+
+    model = request.getfixturevalue("detector" if kind == "detection" else "segmenter")
+    path, data, out = tmp_path / "model.onnx", tmp_path / "shapes", tmp_path / "job"
+    torch.onnx.export(model.eval(), (torch.zeros(1, 3, SIZE, SIZE),), str(path), dynamo=True, input_names=["image"],
+                      output_names=["out"], verbose=False)
+    write_shapes(shapes[1], data)  # 32 unseen images: images/*.png, masks/*.png, annotations.json, labels/*.txt
+    post = ["--postprocess", "kit.tasks.detect:postprocess"] if kind == "detection" else []  # the built-in, by path
+    assert main(["compress", str(path), "--recipe", "x86-64-int8-ort", "--data", str(data), "--task", kind, *post,
+                 "--out", str(out), "--set", "compress.0.max_samples=8", "--no-cache"]) == 0
+    metric = {"detection": "kit.tasks.metrics:map50", "segmentation": "kit.tasks.metrics:miou"}[kind]
+    report = json.loads((out / "report.json").read_text())
+    base, art = report["baseline"]["metric"], report["artifact"]["metric"]
+    assert base["name"] == art["name"] == metric and "top1" not in report["artifact"] and "top1" not in report["baseline"]
+    assert base["value"] > 0.5 and abs(base["value"] - art["value"]) <= 0.05  # the fp32 file against the masks
+    gate = report["artifact_gate"]
+    assert gate["basis"] == f"metric:{metric}" and gate["passed"] and gate["checks"][0]["metric"] == "metric_drop"
+    assert report["artifact"]["file"].endswith(".onnx") and report["steps"][-1]["method"] == "ort_quantize"
+    manifest = json.loads((out / "bundle" / "manifest.json").read_text())
+    assert manifest["task"]["kind"] == kind and manifest["task"]["metric"] == metric
+    if kind == "detection":  # boxes scaled to the graph's input size; the postprocess recorded as given
+        assert manifest["task"]["params"]["image_size"] == SIZE
+        assert manifest["task"]["postprocess"] == "kit.tasks.detect:postprocess"
+    assert manifest["task"]["baseline"] == pytest.approx(base["value"]) and manifest["task"]["output"].startswith("[N, ")

@@ -8,10 +8,16 @@ with the weight/bias correction done on the graph (kit.compress.onnx_correction)
 torch. The fp32 model the gate compares with is the user's file itself (batch pinned to 1), run
 by ORT. A recipe for ExecuTorch, or a step that changes torch weights (prune, distill, lowrank,
 cluster, PT2E int8, QAT), is refused with one line: those need the PyTorch model.
+
+With a recipe `task` (`--task detection|segmentation [--postprocess pkg.mod:fn]`) the gate judges
+the task's metric as the PyTorch path does (kit.tasks.spec fills budget.metric; kit.compress.gate.
+run_metric gets the task and the fp32 outputs; no top-1 on masks / boxes) and the manifest records
+the task (Task.manifest).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -25,6 +31,7 @@ from kit.errors import EdgeKitError
 from kit.onnx_model import PINNED, OnnxModel, check_input, check_recipe, check_supported, pin_dims
 from kit.progress import ProgressFn, report
 from kit.recipes.schema import Recipe
+from kit.splits import class_labels
 
 _CACHED = ("bundle", "report.json")
 
@@ -39,17 +46,26 @@ def _subset(data: Dataset, n: int | None) -> Dataset:
     return data if n is None or len(data) <= n else Dataset(data.x[:n], None if data.y is None else data.y[:n])
 
 
-def _measure(path: Path, ref: np.ndarray | None, data: Dataset, metric: str | None) -> tuple[dict, np.ndarray]:
+def _judged(data: Dataset) -> Dataset:
+    """`data` as top-1 sees it: masks / detection targets (kit.splits.class_labels) dropped, since
+    the task's metric judges those (as kit.pipeline.build does)."""
+    return data if data.y is None or class_labels(data.y) else dataclasses.replace(data, y=None)
+
+
+def _measure(path: Path, ref: np.ndarray | None, data: Dataset, metric: str | None, task=None) -> tuple[dict, np.ndarray]:
+    """Agreement with `ref` (None: the fp32 file itself), top-1 on class labels, and the metric
+    (a task's against its labels, or against `ref`'s outputs when unlabelled)."""
     from kit.evaluate import agreement, file_size, gzip_size, outputs, top1
     from kit.package.onnx import OrtRunner
 
     out = outputs(OrtRunner(path), data, 1)
     result = {"agreement": agreement(out if ref is None else ref, out).to_dict(),
               "size": {"onnx_bytes": file_size(path), "onnx_gzip_bytes": gzip_size(path)}}
-    if data.y is not None:
+    if class_labels(data.y):
         result["top1"] = round(top1(out, data.y), 4)
     if metric:
-        result["metric"] = {"name": metric, "value": run_metric(metric, out, data.y)}
+        result["metric"] = {"name": metric, "value": run_metric(metric, out, data.y, reference=out if ref is None else ref,
+                                                                task=task)}
     return result, out
 
 
@@ -59,7 +75,8 @@ def _quantize(cfg, fp32: Path, splits: Splits, eval_data: Dataset, work: Path, p
     from kit.compress.int8_share import artifact_share
     from kit.compress.ort_quant import OrtInt8Static, preprocess
 
-    ctx = StepContext(splits=splits, example=None, eval_data=eval_data, original=None, workdir=work, progress=progress)
+    ctx = StepContext(splits=splits, example=None, eval_data=_judged(eval_data), original=None, workdir=work,
+                      progress=progress)
     info: dict = {}
     source = fp32
     if isinstance(cfg, OrtInt8Static) and cfg.bias_correction:
@@ -97,19 +114,19 @@ def _compress_and_package(recipe: Recipe, model: OnnxModel, splits: Splits, out_
     work = out_dir / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    metric = recipe.budget.metric
+    metric, task = recipe.budget.metric, recipe.task  # with a task, budget.metric is its metric (kit.tasks.spec)
     try:
         fp32 = work / "model-fp32.onnx"
         from kit.package.onnx import self_contained_onnx
 
         self_contained_onnx(model.path, fp32)  # external data folded in (and screened)
         eval_data = _subset(splits.test, eval_samples)
-        baseline, ref = _measure(fp32, None, eval_data, metric)
+        baseline, ref = _measure(fp32, None, eval_data, metric, task)
         steps, current = [], fp32
         for i, cfg in enumerate(recipe.steps):
             s0 = time.time()
             current, applied, info = _quantize(cfg, fp32, splits, eval_data, work, progress)
-            measured, _ = _measure(current, ref, eval_data, metric)
+            measured, _ = _measure(current, ref, eval_data, metric, task)
             info["fp32_onnx_bytes"] = file_size(fp32)
             steps.append({"step": i, "method": cfg.method, "params": applied.params(),
                           "seconds": round(time.time() - s0, 2), "info": info, **measured})
@@ -131,16 +148,16 @@ def _compress_and_package(recipe: Recipe, model: OnnxModel, splits: Splits, out_
                    "source_onnx": {"file": Path(model.path).name, "sha256": model.sha256, "notes": model.notes}}
         bundle = package(current, "ort" if recipe.format == "ort" else "onnx", out_dir / "bundle", splits.test.x[:1],
                          name=name, recipe=recipe.summary(), compression=compact, preprocessing=preprocessing,
-                         progress=progress)
+                         progress=progress, **({"extra": {"task": task.manifest(metric, report_doc)}} if task else {}))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     seen: list = []
     runner = runner_for(bundle.model_file, recipe.threads)
     recording = (lambda x: seen.append(runner(x)) or seen[-1]) if metric else runner
-    report_doc["artifact"] = evaluate_artifact(bundle.model_file, recording, ref, eval_data, None)
+    report_doc["artifact"] = evaluate_artifact(bundle.model_file, recording, ref, _judged(eval_data), None)
     if metric:
         report_doc["artifact"]["metric"] = {"name": metric, "value": run_metric(
-            metric, np.concatenate([np.asarray(o) for o in seen]), eval_data.y)}
+            metric, np.concatenate([np.asarray(o) for o in seen]), eval_data.y, reference=ref, task=task)}
     report_doc.update(bundle=str(bundle.path), checkpoint=None, seconds=round(time.time() - t0, 1))
     _write_json(out_dir / "report.json", report_doc)
     return report_doc
