@@ -59,7 +59,7 @@ class _XnnpackInt8(Pass):
             info["sensitivity"] = rows
             cfg = dataclasses.replace(cfg, skip_layers=[*cfg.skip_layers, *most_sensitive(rows, cfg.keep_float)])
         if "mixed_precision" not in info:
-            quantized = quantize(model, cfg, calib, ctx.input_shape)
+            quantized = quantize(model, cfg, calib, ctx.input_shape, progress=ctx.progress)
         from kit.compress.int8_share import artifact_share
 
         info["skip_layers"] = list(cfg.skip_layers)
@@ -83,6 +83,9 @@ class Int8Static(_XnnpackInt8):
     calib_batches: int = 8
     batch_size: int = 32
     observer: str = "auto"  # activation ranges: auto | percentile | mse | histogram | minmax | moving_average
+    # auto: after one percentile for all, each activation's own by the int8 output (kit.compress.range_search)
+    range_search: Literal["per_tensor", "none"] = "per_tensor"
+    range_search_seconds: float = 300.0  # cap on that search (the best choice so far is kept)
     percentile: float = 99.99  # for observer=percentile
     bias_correction: bool = True  # weights rounded to their int8 grid, rounding's mean shift taken out of the biases
     correction_samples: int = 64  # calibration inputs the bias correction uses (one batch)
@@ -105,6 +108,8 @@ class Int8Static(_XnnpackInt8):
         _check_observer(self.observer)
         if not 50.0 < self.percentile <= 100.0:
             raise EdgeKitError(f"quantize percentile={self.percentile}: give a value in (50, 100], e.g. 99.99")
+        if self.range_search not in ("per_tensor", "none"):
+            raise EdgeKitError(f"quantize range_search={self.range_search!r}: choose per_tensor or none")
         if self.correction_samples < 1:
             raise EdgeKitError(f"quantize correction_samples={self.correction_samples}: must be >= 1")
         if self.calib_batches < 1 or self.batch_size < 1:
@@ -278,7 +283,7 @@ def convert(prepared: nn.Module, model_name: str, what: str) -> nn.Module:
 
 
 def quantize(model: nn.Module, config: Int8Static | Int8Dynamic, calib: Dataset | None,
-             input_shape: tuple[int, ...] | None = None) -> QuantizedModel:
+             input_shape: tuple[int, ...] | None = None, progress=None) -> QuantizedModel:
     """Quantize `model` for XNNPACK with PT2E and calibrate it on `calib`."""
     import torch
 
@@ -313,7 +318,8 @@ def quantize(model: nn.Module, config: Int8Static | Int8Dynamic, calib: Dataset 
     else:
         calibrate(prepared, calib, config.calib_batches * config.batch_size, config.batch_size if batch_dynamic else 1)
         if observer in ("auto", "percentile", "mse"):
-            converted, details["activation_ranges"] = choose_ranges(prepared, config, original, calib, name, batch_dynamic)
+            converted, details["activation_ranges"] = choose_ranges(prepared, config, original, calib, name, batch_dynamic,
+                                                                    progress=progress)
         else:
             converted = convert(prepared, name, "static int8")
     return QuantizedModel(module=converted, example_input=example, config=config, float_graph=float_graph,
@@ -334,10 +340,12 @@ def _run(module, x: np.ndarray, batched: bool) -> np.ndarray:
 
 
 def choose_ranges(prepared, config: Int8Static, original: nn.Module, calib: Dataset, name: str, batch_dynamic: bool,
-                  score_samples: int = 32):
+                  score_samples: int = 32, progress=None):
     """Convert with the activation ranges `config.observer` asks for; `auto` converts each of
     AUTO_CANDIDATES from the one calibration and keeps the best output SQNR against the original
-    model on (up to) `score_samples` calibration inputs, never on the data the gate judges."""
+    model on (up to) `score_samples` calibration inputs, never on the data the gate judges; with
+    `range_search: per_tensor` each activation's percentile is then chosen on its own by the same
+    score (kit.compress.range_search)."""
     from kit.compress.observers import set_mode
     from kit.evaluate import sqnr_db
 
@@ -352,9 +360,22 @@ def choose_ranges(prepared, config: Int8Static, original: nn.Module, calib: Data
     ref = _run(original.eval(), x, True)
     rows, best = [], None
     for mode, pct in AUTO_CANDIDATES:
-        converted, row = finish(copy.deepcopy(prepared), mode, pct)
+        trial = copy.deepcopy(prepared)
+        kept = copy.deepcopy(trial) if config.range_search == "per_tensor" else None  # convert works in place
+        converted, row = finish(trial, mode, pct)
         row["calib_sqnr_db"] = round(float(sqnr_db(ref, _run(converted, x, batch_dynamic))), 2)
         rows.append(row)
         if best is None or row["calib_sqnr_db"] > best[0]:
-            best = (row["calib_sqnr_db"], converted, row)
-    return best[1], {"chosen": best[2], "candidates": rows, "scored_on": f"{len(Dataset(x, None))} calibration inputs"}
+            if kept is not None:
+                set_mode(kept, mode, pct)
+            best = (row["calib_sqnr_db"], converted, row, kept)
+    info = {"chosen": best[2], "candidates": rows, "scored_on": f"{len(Dataset(x, None))} calibration inputs"}
+    if config.range_search == "per_tensor":
+        from kit.compress.range_search import refine_ranges
+
+        trial = best[3]
+        info["per_tensor"] = refine_ranges(trial, x, ref, lambda m, a: _run(m, a, batch_dynamic),
+                                           max_seconds=config.range_search_seconds, progress=progress)
+        if info["per_tensor"]["moved"]:
+            return convert(trial, name, "static int8"), info
+    return best[1], info
