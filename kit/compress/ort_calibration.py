@@ -111,11 +111,13 @@ def _score(model: Path, x: np.ndarray, ref: np.ndarray) -> float:
 
 
 def quantize_best(pre: Path, config, calib: Dataset, out_path: Path, quantize, *, nodes_to_quantize=None,
-                  score_samples: int = 32) -> dict:
+                  score_samples: int = 32, progress=None) -> dict:
     """Quantize `pre` (a preprocessed fp32 .onnx) to `out_path` with the best candidate range.
     `config.calibration` is "auto" (percentiles 99.9 / 99.99 / 99.999 and min/max tried) or
     "Percentile" (only `config.percentile`). `quantize` is kit.compress.ort_quant.quantize_onnx
-    (passed in: that module calls this one). Returns what was tried and chosen."""
+    (passed in: that module calls this one). With `config.range_search` "per_tensor" each
+    activation's range is then chosen on its own (kit.compress.ort_range_search). Returns what was
+    tried and chosen."""
     import onnx
     from onnxruntime.quantization.calibrate import save_tensors_data
 
@@ -138,11 +140,14 @@ def quantize_best(pre: Path, config, calib: Dataset, out_path: Path, quantize, *
         else:
             x = np.ascontiguousarray(calib.x[:score_samples], dtype=np.float32)
             ref_out = np.concatenate([ref(x[i:i + 1]) for i in range(len(x))])
-        rows, best = [], None
+        rows, best, tried = [], None, []
         qcfg = dataclasses.replace(config, calibration="Percentile")
         for i, (mode, pct) in enumerate(candidates):
             cache = work / f"ranges{i}.json"
-            save_tensors_data(_ranges(calibrator, mode, pct, outputs), cache)
+            data = _ranges(calibrator, mode, pct, outputs)
+            tried.append((f"{mode} {pct:g}" if mode == "percentile" else mode,
+                          {k: (np.asarray(v.range_value[0]), np.asarray(v.range_value[1])) for k, v in data.data.items()}))
+            save_tensors_data(data, cache)
             model = work / f"candidate{i}.onnx"
             with quiet_stdout():
                 quantize(pre, qcfg, calib, model, nodes_to_quantize=nodes_to_quantize, calibration_cache=cache,
@@ -151,8 +156,14 @@ def quantize_best(pre: Path, config, calib: Dataset, out_path: Path, quantize, *
             rows.append({"observer": mode, "percentile": pct if mode == "percentile" else None,
                          "calib_sqnr_db": round(sq, 2)})
             if best is None or sq > best[0]:
-                best = (sq, model, rows[-1])
+                best = (sq, model, rows[-1], tried[-1][0])
+        info = {"chosen": best[2], "candidates": rows, "scored_on": f"{len(Dataset(x, None))} calibration inputs"}
+        if len(candidates) > 1 and getattr(config, "range_search", "none") == "per_tensor" and not calib.multi_input:
+            from kit.compress.ort_range_search import refine_onnx_ranges
+
+            info["per_tensor"] = refine_onnx_ranges(best[1], tried, best[3], x, ref_out,
+                                                    max_seconds=config.range_search_seconds, progress=progress)
         shutil.move(str(best[1]), str(out_path))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return {"chosen": best[2], "candidates": rows, "scored_on": f"{len(Dataset(x, None))} calibration inputs"}
+    return info

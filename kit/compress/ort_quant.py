@@ -78,6 +78,9 @@ class OrtInt8Static(_OrtInt8):
     calibration: str = "auto"
     max_samples: int = 256
     percentile: float = 99.99  # for calibration=Percentile: (100-p)% cut on each side, as for PT2E
+    # auto: after one percentile for all, each activation's own by the int8 output (kit.compress.ort_range_search)
+    range_search: Literal["per_tensor", "none"] = "per_tensor"
+    range_search_seconds: float = 300.0  # cap on that search (the best choice so far is kept)
     bias_correction: bool = True  # weights on their int8 grid + bias correction, in torch before export
     correction_samples: int = 64
     activation_type: str = "auto"  # auto (uint8 on x86-64, int8 on ARM) | int8 | uint8 | int16 | uint16
@@ -105,6 +108,8 @@ class OrtInt8Static(_OrtInt8):
                                      ("weight_type", self.weight_type, QTYPES[:2])):
             if value not in allowed:
                 raise EdgeKitError(f"ort_quantize {name}={value!r}: choose one of {', '.join(allowed)}")
+        if self.range_search not in ("per_tensor", "none"):
+            raise EdgeKitError(f"ort_quantize range_search={self.range_search!r}: choose per_tensor or none")
         if self.max_samples < 1:
             raise EdgeKitError(f"ort_quantize max_samples={self.max_samples}: must be >= 1")
         if not 50.0 < self.percentile <= 100.0:
@@ -145,20 +150,20 @@ class OrtInt8Static(_OrtInt8):
             cfg, info["mixed_precision"], ranges = ort_auto(pre, cfg, ctx.splits.calib, out, partial(_quantize_to, pre),
                                                             ort_sensitivity, ctx.progress)
         else:
-            ranges = _quantize_to(pre, cfg, ctx.splits.calib, out)
+            ranges = _quantize_to(pre, cfg, ctx.splits.calib, out, ctx.progress)
         if ranges:
             info["activation_ranges"] = ranges
         info["nodes_to_exclude"] = list(cfg.nodes_to_exclude)
         return cfg, info
 
 
-def _quantize_to(pre: Path, cfg: OrtInt8Static, calib: Dataset, out: Path) -> dict | None:
+def _quantize_to(pre: Path, cfg: OrtInt8Static, calib: Dataset, out: Path, progress=None) -> dict | None:
     """One static quantization of the preprocessed `pre`; the activation ranges chosen, if any."""
     if cfg.calibration in ("auto", "Percentile"):
         _check_nodes(pre, cfg.nodes_to_exclude, "ort_quantize nodes_to_exclude")
         for part in calib.per_input():  # several inputs: each array on its own
             check_finite(part, "calibration data", cfg.max_samples)
-        return quantize_best(pre, cfg, calib, out, quantize_onnx)
+        return quantize_best(pre, cfg, calib, out, quantize_onnx, progress=progress)
     quantize_onnx(pre, cfg, calib, out, preprocessed=True)
     return None
 
