@@ -76,6 +76,8 @@ def one(model, splits, fp32_logits, recipe_name, extra, size, threads, out) -> d
             "kit_agreement": art["agreement"]["top1_match"], "sqnr_db": round(float(art["agreement"]["sqnr_db"]), 2),
             "int8_macs_share": find_key(built.report, "int8_macs_share"),
             "activation_ranges": (find_key(built.report, "activation_ranges") or {}).get("chosen"),
+            "per_tensor_ranges": {k: v for k, v in ((find_key(built.report, "activation_ranges") or {}).get("per_tensor")
+                                                    or {}).items() if k != "moves"} or None,
             **mixed_summary(find_key(built.report, "mixed_precision")),
             }
 
