@@ -55,17 +55,12 @@ def blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def block_inputs(model: nn.Module, example) -> dict[str, tuple[int, ...]]:
     """Input shape of each block on one forward of `example`."""
-    import torch
+    from kit.compress.hooks import forward_once
 
     shapes, handles = {}, []
     for name, b in blocks(model):
         handles.append(b.register_forward_pre_hook(lambda m, a, name=name: shapes.__setitem__(name, tuple(a[0].shape))))
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_once(model, example, handles)
     return shapes
 
 

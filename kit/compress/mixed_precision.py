@@ -148,8 +148,9 @@ __all__ = ["AUTO", "Check", "check_settings", "greedy_keep_float", "meets", "sco
 
 def module_macs(model, example) -> tuple[dict[str, int], int]:
     """MACs per Conv/Linear module name (per sample) from one forward pass, and their total."""
-    import torch
     from torch import nn
+
+    from kit.compress.hooks import forward_once
 
     macs: dict[str, int] = {}
 
@@ -159,12 +160,7 @@ def module_macs(model, example) -> tuple[dict[str, int], int]:
         return fn
 
     handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_once(model, example, handles)
     return macs, sum(macs.values())
 
 
