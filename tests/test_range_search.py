@@ -72,7 +72,6 @@ def test_a_wrong_range_search_value_is_one_line():
 
     with pytest.raises(EdgeKitError, match="range_search='all': choose per_tensor or none"):
         Int8Static(range_search="all")
-    torch.manual_seed(0)
 
 
 def _onnx(net, path):
