@@ -52,6 +52,51 @@ def test_weights_land_on_the_int8_grid_and_bias_correction_removes_the_shift():
     assert sqnr_db(ref, run(corrected, data.x)) > sqnr_db(ref, run(grid_only, data.x))
 
 
+def test_gptq_rounding_stays_on_the_grid_and_beats_nearest_rounding_layer_by_layer():
+    from kit.compress.gptq_rounding import gptq_round, hessians, output_error
+    from kit.compress.weight_correction import correct_weights, correctable_layers, round_to_grid
+
+    net = relu6_net()
+    # neighbouring pixels correlated, as in photos (on white noise input-aware rounding has nothing to use)
+    coarse = np.random.default_rng(2).normal(size=(48, 3, 4, 4)).astype(np.float32)
+    data = Dataset(np.repeat(np.repeat(coarse, 4, 2), 4, 3) + 0.1 * images().x, None)
+    layers = correctable_layers(net)
+    hs = hessians(net, layers, torch.from_numpy(data.x))
+    assert hs["0"].shape == (27, 27) and hs["3"].shape == (16, 9, 9)  # depthwise: one k x k Hessian per channel
+    for name, m in layers:
+        w = m.weight.data
+        q, near = gptq_round(w, hs[name]), round_to_grid(w)
+        assert torch.equal(round_to_grid(q), q)  # on the same grid: the quantizer re-finds it exactly
+        assert torch.equal(q.flatten(1).abs().amax(1), near.flatten(1).abs().amax(1))  # same scale per channel
+        assert not torch.equal(q, near)
+        assert output_error(w, q, hs[name]) < 0.9 * output_error(w, near, hs[name]), name
+    ref = run(net, data.x)
+    gptq, info = correct_weights(net, data, bias=False, rounding="gptq")
+    nearest, _ = correct_weights(net, data, bias=False)
+    assert info["gptq_layers"] == 4 and info["nearest_layers"] == []
+    assert sqnr_db(ref, run(gptq, data.x)) > sqnr_db(ref, run(nearest, data.x)) + 1.0
+
+
+def test_gptq_rounding_unfolds_a_padding_conv_subclass_and_refuses_an_unknown_mode():
+    from kit.compress.gptq_rounding import hessians
+    from kit.compress.quantize import Int8Static
+    from kit.errors import EdgeKitError
+
+    class SamePad(nn.Conv2d):  # EfficientNet-Lite's Conv2dStaticSamePadding: pads in forward
+        def __init__(self):
+            super().__init__(3, 8, 3, stride=2, padding=0)
+            self.static_padding = nn.ZeroPad2d((0, 1, 0, 1))
+
+        def forward(self, x):
+            return super().forward(self.static_padding(x))
+
+    conv = SamePad()
+    h = hessians(conv, [("c", conv)], torch.from_numpy(images(4).x))["c"]
+    assert h.shape == (27, 27) and bool((torch.linalg.eigvalsh(h) > -1e-6).all())
+    with pytest.raises(EdgeKitError, match="rounding='fancy': choose gptq"):
+        Int8Static(rounding="fancy")
+
+
 def test_per_tensor_weights_skip_the_correction_with_a_note():
     from kit.compress.quantize import Int8Static, quantize
 

@@ -197,7 +197,8 @@ def pt2e_auto(model, cfg, calib: Dataset, input_shape, quantize_fn, progress=Non
         from kit.compress.weight_correction import correct_weights
 
         corrected, details["weight_correction"] = correct_weights(model, part, per_channel=True,
-                                                                  max_samples=cfg.correction_samples)
+                                                                  max_samples=cfg.correction_samples,
+                                                                  rounding=cfg.rounding)
         trial_cfg = dataclasses.replace(trial_cfg, bias_correction=False)
     macs, total = module_macs(corrected, torch.zeros((1, *part.x.shape[1:])))
     state = {"cfg": trial_cfg}

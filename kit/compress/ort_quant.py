@@ -83,6 +83,7 @@ class OrtInt8Static(_OrtInt8):
     range_search_seconds: float = 300.0  # cap on that search (the best choice so far is kept)
     bias_correction: bool = True  # weights on their int8 grid + bias correction, in torch before export
     correction_samples: int = 64
+    rounding: Literal["gptq", "nearest"] = "nearest"  # as quantize's: nearest | gptq (kit.compress.gptq_rounding)
     activation_type: str = "auto"  # auto (uint8 on x86-64, int8 on ARM) | int8 | uint8 | int16 | uint16
     weight_type: str = "int8"  # int8 | uint8
     weight_symmetric: bool = True
@@ -108,6 +109,9 @@ class OrtInt8Static(_OrtInt8):
                                      ("weight_type", self.weight_type, QTYPES[:2])):
             if value not in allowed:
                 raise EdgeKitError(f"ort_quantize {name}={value!r}: choose one of {', '.join(allowed)}")
+        from kit.compress.gptq_rounding import check_rounding
+
+        check_rounding("ort_quantize", self.rounding)
         if self.range_search not in ("per_tensor", "none"):
             raise EdgeKitError(f"ort_quantize range_search={self.range_search!r}: choose per_tensor or none")
         if self.max_samples < 1:
@@ -131,7 +135,7 @@ class OrtInt8Static(_OrtInt8):
 
             calib = split_holdout(calib, self.holdout, "ort_quantize")[0]
         corrected, info = correct_weights(model, calib, per_channel=self.per_channel,
-                                          max_samples=self.correction_samples)
+                                          max_samples=self.correction_samples, rounding=self.rounding)
         return corrected, {"weight_correction": info}
 
     def _quantize_file(self, fp32: Path, ctx: StepContext) -> tuple[Pass, dict]:

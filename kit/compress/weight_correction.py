@@ -75,11 +75,12 @@ def _float_means(model, x, layers, batch_size: int) -> dict:
 
 
 def correct_weights(model: "nn.Module", calib: Dataset | None, *, per_channel: bool = True, max_samples: int = 64,
-                    bias: bool = True, batch_size: int = 16) -> tuple["nn.Module", dict]:
+                    bias: bool = True, batch_size: int = 16, rounding: str = "nearest") -> tuple["nn.Module", dict]:
     """A copy of `model` whose Conv/Linear weights sit on the int8 grid and whose biases absorb the
     mean shift that rounding causes. Returns (model, info). The correction runs all `max_samples`
     inputs through the network in one batch, so that each layer is corrected before the next one
-    sees its output (a few hundred MB at 224 px for 64 samples)."""
+    sees its output (a few hundred MB at 224 px for 64 samples). `rounding`: nearest, or gptq
+    (kit.compress.gptq_rounding: input-aware, from the float model's inputs on the same samples)."""
     import torch
     from torch import nn
 
@@ -90,14 +91,19 @@ def correct_weights(model: "nn.Module", calib: Dataset | None, *, per_channel: b
     layers = correctable_layers(work)
     if not layers:
         return work, {"bias_correction": "no Conv/Linear layer"}
-    for _, m in layers:
-        m.weight.data = round_to_grid(m.weight.data, per_channel)
-    info = {"weights_on_grid": len(layers)}
+    if (bias or rounding == "gptq") and (calib is None or len(calib) == 0):
+        raise EdgeKitError("bias_correction needs calibration samples (--data)")
+    x = None if calib is None else torch.from_numpy(np.ascontiguousarray(calib.x[:max_samples], dtype=np.float32))
+    info: dict = {"weights_on_grid": len(layers)}
+    if rounding == "gptq":
+        from kit.compress.gptq_rounding import round_layers
+
+        info.update(round_layers(work, layers, x))
+    else:
+        for _, m in layers:
+            m.weight.data = round_to_grid(m.weight.data, per_channel)
     if not bias:
         return work, info
-    if calib is None or len(calib) == 0:
-        raise EdgeKitError("bias_correction needs calibration samples (--data)")
-    x = torch.from_numpy(np.ascontiguousarray(calib.x[:max_samples], dtype=np.float32))
     ref = _float_means(model, x, correctable_layers(model), batch_size)
     shifts, hooks = {}, []
     for name, m in layers:
