@@ -45,21 +45,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def scenario_splits(name: str, size: int, n_train: int, n_calib: int, n_test: int, preprocess, seed: int = 0):
-    """Unlabelled Splits for a scenario: train (calibration = its first n_calib crops) and test crops."""
-    from kit.photos import CALIB_PHOTOS, TEST_PHOTOS, crops
-    from kit.preprocess import Preprocess
-    from kit.splits import Dataset, Splits
+    """Unlabelled Splits for a scenario (kit.photos.load_photos): train (calibration = its first
+    n_calib crops) and test crops, and what they are."""
+    from kit.photos import CALIB_PHOTOS, TEST_PHOTOS, load_photos
 
-    prep = Preprocess.from_spec(preprocess)
-    train_photos, test_photos = ((CALIB_PHOTOS + TEST_PHOTOS,) * 2 if name == "same-photos"
-                                 else (CALIB_PHOTOS, TEST_PHOTOS))
-    # separate generators: the test crops are other random crops (disjoint samples), not the training ones
-    train = prep.normalise(crops(train_photos, n_train, size, np.random.default_rng([seed, 0]), prep))
-    test = prep.normalise(crops(test_photos, n_test, size, np.random.default_rng([seed, 1]), prep))
-    return Splits(train=Dataset(train, None), calib=Dataset(train[:n_calib], None), test=Dataset(test, None),
-                  num_classes=0, name=f"photos-{name}", preprocess=prep), {
-        "train_photos": list(train_photos), "test_photos": list(test_photos), "train_crops": n_train,
-        "calib_crops": n_calib, "test_crops": n_test, "size": size, "seed": seed}
+    splits = load_photos(size, n_calib, n_test, seed, preprocess, same_photos=name == "same-photos", n_train=n_train)
+    train_photos, test_photos = ((CALIB_PHOTOS + TEST_PHOTOS,) * 2 if name == "same-photos" else (CALIB_PHOTOS, TEST_PHOTOS))
+    return splits, {"train_photos": list(train_photos), "test_photos": list(test_photos), "train_crops": n_train,
+                    "calib_crops": n_calib, "test_crops": n_test, "size": size, "seed": seed}
 
 
 def candidate_names(given: str | None) -> list[str]:

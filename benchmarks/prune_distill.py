@@ -17,23 +17,15 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_facts, emit  # noqa: E402
 
 
 def fixed_camera(size: int, n_train: int, n_test: int, seed: int = 0):
     from kit.models import pretrained_spec
-    from kit.photos import CALIB_PHOTOS, TEST_PHOTOS, crops
-    from kit.preprocess import Preprocess
-    from kit.splits import Dataset, Splits
+    from kit.photos import load_photos
 
-    prep = Preprocess.from_spec(pretrained_spec("mobilenet_v2").preprocess)
-    names = CALIB_PHOTOS + TEST_PHOTOS
-    train = Dataset(prep.normalise(crops(names, n_train, size, np.random.default_rng([seed, 0]), prep)), None)
-    test = Dataset(prep.normalise(crops(names, n_test, size, np.random.default_rng([seed, 1]), prep)), None)
-    return Splits(train=train, calib=train, test=test, num_classes=0, name="photos-fixed-camera", preprocess=prep)
+    return load_photos(size, n_train, n_test, seed, pretrained_spec("mobilenet_v2").preprocess, same_photos=True)
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 """Natural photos for real pretrained models, offline: random crops and flips of the photos that
 ship inside scikit-image and scikit-learn, split by photo so test crops show scenes calibration
-never saw. No labels: the measure is agreement with the original model.
+never saw (or, for a fixed camera, disjoint crops of the same photos). No labels: the measure is
+agreement with the original model.
 
 Photos (all bundled in the wheels, nothing is fetched): calibration from scikit-image's astronaut,
 coffee, the stereo motorcycle pair (one scene, so both on the same side) and scikit-learn's china;
@@ -59,17 +60,25 @@ def crops(names: tuple[str, ...], n: int, image_size: int, rng: np.random.Genera
 
 
 def load_photos(image_size: int = 224, n_calib: int = 64, n_test: int = 200, seed: int = 0,
-                preprocess="imagenet") -> Splits:
-    """Unlabelled Splits named "photos": calibration crops (also the train split) from CALIB_PHOTOS,
-    test crops from TEST_PHOTOS, normalised with `preprocess` (kit.preprocess.Preprocess.from_spec:
-    a preset name, a dict, a Preprocess or None). The same seed gives the same crops."""
+                preprocess="imagenet", *, same_photos: bool = False, n_train: int | None = None) -> Splits:
+    """Unlabelled Splits: train crops (calibration: their first `n_calib`) and `n_test` test crops,
+    normalised with `preprocess` (kit.preprocess.Preprocess.from_spec: a preset name, a dict, a
+    Preprocess or None). By default split by photo: train from CALIB_PHOTOS, test from TEST_PHOTOS,
+    so test crops show scenes calibration never saw (Splits named "photos"). `same_photos`: a fixed
+    camera, train and test disjoint sets of random crops of the same photos, all of them
+    ("photos-same-photos"). `n_train` defaults to `n_calib`. The same seed gives the same crops."""
     from kit.preprocess import Preprocess
 
-    if image_size < 8 or n_calib < 1 or n_test < 1:
-        raise EdgeKitError(f"photos: image_size={image_size}, n_calib={n_calib}, n_test={n_test}; "
-                           "give image_size >= 8 and at least one calibration and one test crop")
+    n_train = n_calib if n_train is None else n_train
+    if image_size < 8 or n_calib < 1 or n_test < 1 or n_train < n_calib:
+        raise EdgeKitError(f"photos: image_size={image_size}, n_calib={n_calib}, n_test={n_test}, n_train={n_train}; "
+                           "give image_size >= 8, at least one calibration and one test crop, and n_train >= n_calib")
     prep = Preprocess.from_spec(preprocess)
-    # One generator per split: the test crops do not change with n_calib.
-    calib = Dataset(prep.normalise(crops(CALIB_PHOTOS, n_calib, image_size, np.random.default_rng([seed, 0]), prep)), None)
-    test = Dataset(prep.normalise(crops(TEST_PHOTOS, n_test, image_size, np.random.default_rng([seed, 1]), prep)), None)
-    return Splits(train=calib, calib=calib, test=test, num_classes=0, name="photos", preprocess=prep)
+    train_photos, test_photos = (CALIB_PHOTOS + TEST_PHOTOS,) * 2 if same_photos else (CALIB_PHOTOS, TEST_PHOTOS)
+    # One generator per split: the test crops do not change with n_calib / n_train, and the first
+    # n_calib train crops are the ones a shorter draw gives.
+    train = prep.normalise(crops(train_photos, n_train, image_size, np.random.default_rng([seed, 0]), prep))
+    test = Dataset(prep.normalise(crops(test_photos, n_test, image_size, np.random.default_rng([seed, 1]), prep)), None)
+    calib = Dataset(train[:n_calib], None)
+    return Splits(train=calib if n_train == n_calib else Dataset(train, None), calib=calib, test=test, num_classes=0,
+                  name="photos-same-photos" if same_photos else "photos", preprocess=prep)

@@ -6,16 +6,14 @@ minutes. Full-size figures: benchmarks/prune_distill.py.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from kit.compress.repair import teacher_top1, top1_agreement
 from kit.compress.structured import PruneStructured, prune_structured
 from kit.models import pretrained, pretrained_spec
-from kit.photos import CALIB_PHOTOS, TEST_PHOTOS, crops
-from kit.preprocess import Preprocess
-from kit.splits import Dataset, Splits
+from kit.photos import load_photos
+from kit.splits import Splits
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -32,11 +30,7 @@ def mnv2():
 
 
 def fixed_camera(size: int, n_train: int, n_test: int, seed: int = 0) -> Splits:
-    prep = Preprocess.from_spec(pretrained_spec("mobilenet_v2").preprocess)
-    names = CALIB_PHOTOS + TEST_PHOTOS
-    train = Dataset(prep.normalise(crops(names, n_train, size, np.random.default_rng([seed, 0]), prep)), None)
-    test = Dataset(prep.normalise(crops(names, n_test, size, np.random.default_rng([seed, 1]), prep)), None)
-    return Splits(train=train, calib=train, test=test, num_classes=0, name="photos-fixed-camera", preprocess=prep)
+    return load_photos(size, n_train, n_test, seed, pretrained_spec("mobilenet_v2").preprocess, same_photos=True)
 
 
 @pytest.mark.timeout(1800)

@@ -75,6 +75,18 @@ def test_photos_split_by_photo_and_deterministic():
     assert min(np.abs(t - k).mean() for t in a.test.x for k in a.calib.x) > 1e-3
 
 
+def test_fixed_camera_split_cuts_disjoint_crops_of_the_same_photos():
+    from kit.errors import EdgeKitError
+
+    fixed = load_photos(64, 4, 16, seed=3, preprocess=None, same_photos=True, n_train=12)
+    assert fixed.name == "photos-same-photos" and fixed.train.x.shape[0] == 12 and fixed.calib.x.shape[0] == 4
+    assert np.array_equal(fixed.calib.x, fixed.train.x[:4])  # calibration: the first training crops
+    assert np.array_equal(fixed.calib.x, load_photos(64, 4, 16, seed=3, preprocess=None, same_photos=True).calib.x)
+    assert min(np.abs(t - k).mean() for t in fixed.test.x for k in fixed.train.x) > 1e-3
+    with pytest.raises(EdgeKitError, match="n_train >= n_calib"):
+        load_photos(64, 8, 4, same_photos=True, n_train=4)
+
+
 def cat_and_confident_shares(model, splits) -> tuple[float, float]:
     probs = softmax(eager(model, splits.test.x))
     cat_crops = np.arange(TEST_PHOTOS.index("chelsea"), len(splits.test), len(TEST_PHOTOS))
