@@ -13,7 +13,9 @@ method itself is small (Nagel et al., "Data-Free Quantization", empirical varian
 2. rounding shifts each layer's mean output; that shift, measured on calibration inputs layer by
    layer in execution order (each layer sees its corrected predecessors), is taken out of the
    layer's bias. On the real MobileNetV2 (224 px, 64 crops) weights alone go from 19.3 dB to
-   27.4 dB output SQNR, EfficientNet-Lite1 from 16.5 dB to 22.2 dB.
+   27.4 dB output SQNR, EfficientNet-Lite1 from 16.5 dB to 22.2 dB. `rounding="gptq"` replaces
+   step 1 by input-aware rounding (kit.compress.gptq_rounding): MobileNetV2's weights alone then
+   reach 32.7 dB.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ def correct_weights(model: "nn.Module", calib: Dataset | None, *, per_channel: b
 
         info.update(round_layers(work, layers, x))
     else:
+        info["rounding"] = "nearest"
         for _, m in layers:
             m.weight.data = round_to_grid(m.weight.data, per_channel)
     if not bias:
