@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-QMAX = 127
+QMAX = 127  # symmetric int8 weights: [-127, 127] in torchao's XNNPACK config and ORT's QDQ
 DAMP = 0.01  # share of the mean Hessian diagonal added to it: keeps the inverse stable on few samples
 
 
@@ -37,6 +37,15 @@ def check_rounding(method: str, rounding: str) -> None:
 
 def _scale(w: "torch.Tensor") -> "torch.Tensor":
     return w.reshape(w.shape[0], -1).abs().amax(1).clamp(min=1e-12) / QMAX
+
+
+def round_to_grid(weight: "torch.Tensor", per_channel: bool = True) -> "torch.Tensor":
+    """`weight` on the symmetric int8 grid (per output channel, or per tensor), nearest rounding."""
+    import torch
+
+    w = weight.detach()
+    scale = (_scale(w) if per_channel else w.abs().amax().clamp(min=1e-12).reshape(1) / QMAX).view(-1, *[1] * (w.dim() - 1))
+    return torch.clamp(torch.round(w / scale), -QMAX, QMAX) * scale
 
 
 def _columns(m: "nn.Module", x: "torch.Tensor") -> "torch.Tensor | None":
@@ -129,8 +138,6 @@ def gptq_round(weight: "torch.Tensor", h: "torch.Tensor") -> "torch.Tensor":
 def round_layers(model: "nn.Module", layers, x: "torch.Tensor") -> dict:
     """Replace each layer's weight by its GPTQ rounding (in place) from the float model's inputs
     on `x`; layers the method does not handle get nearest rounding. Returns what was done."""
-    from kit.compress.weight_correction import round_to_grid
-
     hs = hessians(model, layers, x)
     done, nearest = 0, []
     for name, m in layers:

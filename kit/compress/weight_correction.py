@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from kit.compress.gptq_rounding import QMAX, round_to_grid  # noqa: F401  (round_to_grid: public here too)
 from kit.data import Dataset
 from kit.errors import EdgeKitError
 
@@ -32,17 +33,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-QMAX = 127  # symmetric int8 weights: [-127, 127] in torchao's XNNPACK config and ORT's QDQ
-
-
-def round_to_grid(weight: "torch.Tensor", per_channel: bool = True) -> "torch.Tensor":
-    """`weight` on the symmetric int8 grid (per output channel, or per tensor)."""
-    import torch
-
-    w = weight.detach()
-    absmax = w.reshape(w.shape[0], -1).abs().amax(1) if per_channel else w.abs().amax().reshape(1)
-    scale = (absmax.clamp(min=1e-12) / QMAX).view(-1, *[1] * (w.dim() - 1))
-    return torch.clamp(torch.round(w / scale), -QMAX, QMAX) * scale
 
 
 def correctable_layers(model: "nn.Module") -> list[tuple[str, "nn.Module"]]:
