@@ -131,3 +131,18 @@ def test_netadapt_honours_its_target_and_resumes(mnv2, tmp_path, monkeypatch):
     # per-unit ratios, not one uniform cut: some groups lost channels, others kept all of theirs
     pruned = {u for r in info["rounds"] for u in r["pruned"]}
     assert 0 < len(pruned) < 20
+
+
+def test_netadapt_counts_the_macs_of_conv_subclasses_with_their_own_forward():
+    from torch import nn
+
+    from kit.compress.netadapt import _cost
+
+    class SamePad(nn.Conv2d):  # EfficientNet-Lite's Conv2dStaticSamePadding: F.conv2d in its own forward
+        def forward(self, x):
+            return nn.functional.conv2d(nn.functional.pad(x, (0, 1, 0, 1)), self.weight, self.bias, self.stride)
+
+    net = nn.Sequential(SamePad(3, 8, 3, stride=2), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    cost = _cost(net, torch.zeros(1, 3, 16, 16), None)
+    assert cost["macs"] == 8 * 27 * 8 * 8 + 4 * 8 * 8 * 8  # both convs, the padded one included
+    assert cost["params"] == sum(p.numel() for p in net.parameters()) and cost["ms"] is None

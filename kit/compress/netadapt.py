@@ -137,9 +137,11 @@ def _logits(model, x, batch=32):
 
 
 def _cost(model, example, table) -> dict:
-    import torch_pruning as tp
+    # torch's FlopCounterMode counts at the op level: torch-pruning's module counter misses Conv2d
+    # subclasses with their own forward (EfficientNet-Lite's padded convs: 27M of 502M MACs)
+    from kit.evaluate import count_macs, count_params
 
-    macs, params = tp.utils.count_ops_and_params(model, example)
+    macs, params = count_macs(model, tuple(example.shape)), count_params(model)
     ms = table.model_ms(model, example) if table is not None else {}
     return {"macs": int(macs), "params": int(params), "ms": round(sum(ms.values()), 4) if ms else None}
 

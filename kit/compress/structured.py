@@ -109,6 +109,8 @@ def prune_structured(model: nn.Module, config: PruneStructured, example: torch.T
     The repair distils from `teacher` (default: `model` as given, before pruning)."""
     import torch_pruning as tp
 
+    from kit.evaluate import count_macs, count_params
+
     if config.adaptive:
         raise EdgeKitError("prune_structured with a target runs NetAdapt: call kit.compress.netadapt.netadapt")
     teacher = teacher if teacher is not None else model
@@ -123,7 +125,7 @@ def prune_structured(model: nn.Module, config: PruneStructured, example: torch.T
                            f"{'labelled ' if config.repair == 'finetune' else ''}training data (--data)")
     ignored = _classifier(model, None) + [known[n] for n in config.ignore]
     before = conv_channels(model)
-    macs0, params0 = tp.utils.count_ops_and_params(model, example)
+    macs0, params0 = count_macs(model, tuple(example.shape)), count_params(model)  # op-level (see netadapt._cost)
     importance = tp.importance.MagnitudeImportance(p=1 if config.norm == "l1" else 2)
     try:
         pruner = tp.pruner.MetaPruner(model, example, importance=importance, pruning_ratio=config.ratio,
@@ -144,7 +146,7 @@ def prune_structured(model: nn.Module, config: PruneStructured, example: torch.T
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
-    macs1, params1 = tp.utils.count_ops_and_params(model, example)
+    macs1, params1 = count_macs(model, tuple(example.shape)), count_params(model)
     after = conv_channels(model)
     changed = {n: [before[n], after[n]] for n in before if n in after and before[n] != after[n]}
     return model, {
