@@ -157,6 +157,12 @@ def test_search_judges_candidates_by_the_gate_and_names_costly_layers():
     share, worst = step_facts(report)
     assert share == 0.97 and worst == ["features.1 (9.5 dB)", "features.9 (11.0 dB)", "features.3 (14.0 dB)"]
     assert step_facts({"steps": [{"info": {"sensitivity": [{"layer": "a", "sqnr_db": 3.0}]}}]}) == (None, ["a (3.0 dB)"])
+    from kit.search.recipes import pruning_note
+
+    undone = {"steps": [{"info": {"by": "macs", "stopped": "floor (round 1 agreement 0.632 < 0.9: undone)",
+                                   "original": {"macs": 300}, "final": {"macs": 300}}}, {"info": {}}]}
+    assert pruning_note(undone) == "stopped: floor (round 1 agreement 0.632 < 0.9: undone); 1.00 of the original macs"
+    assert pruning_note(report) == ""
     budget = effective_budget(recipe, None, 0.95, None)
     assert budget.agreement == 0.95 and budget.top1_drop == 1.0 and recipe.budget.agreement == 0.90
     gate = judge(BASE, _row(0.86, 11.0), budget, samples=200)

@@ -53,6 +53,7 @@ class Candidate:
     int8_macs_share: float | None = None  # share (0..1) of the MACs that run in int8 (the quantize step's info)
     gate: dict | None = None  # kit.compress.gate.GateResult.to_dict() under the search's budget
     worst_layers: list[str] = field(default_factory=list)  # the 3 layers that cost most (step info), if known
+    pruning: str = ""  # what NetAdapt did (step info): where it stopped and the share of MACs left
     reference_passed: bool | None = None
     reused: bool = False  # the measurement came from the results store
     built_from_cache: bool = False  # the bundle came from the build cache
@@ -178,6 +179,19 @@ def step_facts(report: dict) -> tuple[float | None, list[str]]:
     return share, worst
 
 
+def pruning_note(report: dict) -> str:
+    """One line on a NetAdapt step from a build report, e.g. "stopped: floor (...); 1.00 of the
+    original MACs": a pruned candidate whose rounds were all undone is the unpruned model."""
+    steps = report.get("steps") or (report.get("chain") or {}).get("steps") or []
+    for step in steps:
+        info = step.get("info") or {}
+        if "stopped" in info and isinstance(info.get("original"), dict) and isinstance(info.get("final"), dict):
+            by = info.get("by", "macs")
+            left = info["final"].get(by) / info["original"][by] if info["original"].get(by) else None
+            return f"stopped: {info['stopped']}" + (f"; {left:.2f} of the original {by}" if left is not None else "")
+    return ""
+
+
 def _judge(c: Candidate, recipe: Recipe, budget: float | None, gate=None) -> None:
     """Within budget or why not. `gate`: kit.compress.gate.judge's verdict on the candidate's artifact
     (the metric, unit and limit named); without it the top-1 drop in points is compared with `budget`."""
@@ -235,6 +249,7 @@ def _build(c: Candidate, recipe: Recipe, model, splits: Splits, out: Path, *, te
     art = applied.report["artifact"]["agreement"]
     c.agreement, c.sqnr_db = float(art["top1_match"]), float(art["sqnr_db"])
     c.int8_macs_share, c.worst_layers = step_facts(applied.report)
+    c.pruning = pruning_note(applied.report)
     return {"applied": applied, "seconds": time.time() - t0}
 
 
@@ -299,7 +314,7 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
         for c in c_list[1:]:  # the same artifact at other thread counts: same build, same figures
             for k in ("built_from_cache", "host_seconds", "skipped", "accuracy", "top1_drop", "size_bytes",
                       "model_sha256", "bundle_path", "agreement", "sqnr_db", "int8_macs_share", "worst_layers",
-                      "gate", "error"):
+                      "pruning", "gate", "error"):
                 setattr(c, k, getattr(c0, k))
 
     for i, recipe in enumerate(candidates):
