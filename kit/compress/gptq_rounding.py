@@ -72,7 +72,7 @@ def _columns(m: "nn.Module", x: "torch.Tensor") -> "torch.Tensor | None":
 
 def hessians(model: "nn.Module", layers, x: "torch.Tensor", batch_size: int = 8) -> dict:
     """sum x x^T of each layer's inputs over `x` (float64): (D, D), or (C, k*k, k*k) for depthwise."""
-    import torch
+    from kit.compress.hooks import forward_batches
 
     acc, hooks = {}, []
     for name, m in layers:
@@ -85,13 +85,7 @@ def hessians(model: "nn.Module", layers, x: "torch.Tensor", batch_size: int = 8)
             if acc.get(name, 0) is not None:
                 acc[name] = acc.get(name, 0) + h
         hooks.append(m.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                model(x[i:i + batch_size])
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_batches(model, x, hooks, batch_size)
     return acc
 
 

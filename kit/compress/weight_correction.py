@@ -49,20 +49,14 @@ def _channel_mean(out: "torch.Tensor") -> "torch.Tensor":
 
 def _float_means(model, x, layers, batch_size: int) -> dict:
     """Per-channel mean output of each layer of the float model over `x`."""
-    import torch
+    from kit.compress.hooks import forward_batches
 
     sums, hooks = {}, []
     for name, m in layers:
         def hook(_m, _i, out, name=name):
             sums[name] = sums.get(name, 0) + _channel_mean(out.detach()) * out.shape[0]
         hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.no_grad():
-            for i in range(0, len(x), batch_size):
-                model(x[i:i + batch_size])
-    finally:
-        for h in hooks:
-            h.remove()
+    forward_batches(model, x, hooks, batch_size)
     return {k: v / len(x) for k, v in sums.items()}
 
 

@@ -23,6 +23,7 @@ from kit.progress import ProgressFn, report
 from kit.recipes import Recipe, available_recipes, load_recipe
 from kit.pipeline.build import apply_recipe, json_safe
 from kit.results.pareto import front_of
+from kit.search.facts import pruning_note, step_facts  # noqa: F401  (kit.search.recipes.step_facts, as before)
 from kit.search.payoff import HostTimeExceeded, baseline_recipes, capped_progress, judge_pays_off, measure_all
 from kit.search.plot import plot_front  # noqa: F401  (kit.search.recipes.plot_front, as before)
 from kit.results.store import ResultsStore
@@ -159,37 +160,6 @@ def effective_budget(recipe: Recipe, top1_drop: float | None = None, agreement: 
     """The recipe's budget with the search's own limits (those given) put over it."""
     update = {k: v for k, v in (("top1_drop", top1_drop), ("agreement", agreement), ("sqnr_db", sqnr_db)) if v is not None}
     return recipe.budget.model_copy(update=update)
-
-
-def step_facts(report: dict) -> tuple[float | None, list[str]]:
-    """(int8 MACs share, the 3 costliest layers) from a build report's chain steps' info: the last
-    `int8_macs_share` the quantizers put there, the worst `sensitivity` rows (else the lowest
-    `worst_layers_sqnr` rows), each named with its SQNR."""
-    share, worst = None, []
-    steps = report.get("steps") or (report.get("chain") or {}).get("steps") or []
-    for step in steps:
-        info = step.get("info") or {}
-        if info.get("int8_macs_share") is not None:
-            share = float(info["int8_macs_share"])
-        rows = info.get("sensitivity") or sorted(info.get("worst_layers_sqnr") or [],
-                                                  key=lambda r: float(r.get("sqnr_db", 0.0)))
-        if rows:
-            worst = [f"{r.get('layer') or r.get('node')} ({float(r['sqnr_db']):.1f} dB)" if "sqnr_db" in r
-                     else str(r.get("layer") or r.get("node")) for r in rows[:3]]
-    return share, worst
-
-
-def pruning_note(report: dict) -> str:
-    """One line on a NetAdapt step from a build report, e.g. "stopped: floor (...); 1.00 of the
-    original MACs": a pruned candidate whose rounds were all undone is the unpruned model."""
-    steps = report.get("steps") or (report.get("chain") or {}).get("steps") or []
-    for step in steps:
-        info = step.get("info") or {}
-        if "stopped" in info and isinstance(info.get("original"), dict) and isinstance(info.get("final"), dict):
-            by = info.get("by", "macs")
-            left = info["final"].get(by) / info["original"][by] if info["original"].get(by) else None
-            return f"stopped: {info['stopped']}" + (f"; {left:.2f} of the original {by}" if left is not None else "")
-    return ""
 
 
 def _judge(c: Candidate, recipe: Recipe, budget: float | None, gate=None) -> None:
