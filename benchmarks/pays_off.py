@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_facts  # noqa: E402
 
@@ -47,10 +45,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def scenario_splits(name: str, size: int, n_train: int, n_calib: int, n_test: int, preprocess, seed: int = 0):
     """Unlabelled Splits for a scenario (kit.photos.load_photos): train (calibration = its first
     n_calib crops) and test crops, and what they are."""
-    from kit.photos import CALIB_PHOTOS, TEST_PHOTOS, load_photos
+    from kit.photos import load_photos, photo_sets
 
-    splits = load_photos(size, n_calib, n_test, seed, preprocess, same_photos=name == "same-photos", n_train=n_train)
-    train_photos, test_photos = ((CALIB_PHOTOS + TEST_PHOTOS,) * 2 if name == "same-photos" else (CALIB_PHOTOS, TEST_PHOTOS))
+    same = name == "same-photos"
+    splits = load_photos(size, n_calib, n_test, seed, preprocess, same_photos=same, n_train=n_train)
+    train_photos, test_photos = photo_sets(same)
     return splits, {"train_photos": list(train_photos), "test_photos": list(test_photos), "train_crops": n_train,
                     "calib_crops": n_calib, "test_crops": n_test, "size": size, "seed": seed}
 

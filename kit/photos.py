@@ -59,6 +59,11 @@ def crops(names: tuple[str, ...], n: int, image_size: int, rng: np.random.Genera
     return np.clip(out, 0.0, 1.0)
 
 
+def photo_sets(same_photos: bool = False) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(train photos, test photos): split by photo, or for a fixed camera all photos on both sides."""
+    return (CALIB_PHOTOS + TEST_PHOTOS,) * 2 if same_photos else (CALIB_PHOTOS, TEST_PHOTOS)
+
+
 def load_photos(image_size: int = 224, n_calib: int = 64, n_test: int = 200, seed: int = 0,
                 preprocess="imagenet", *, same_photos: bool = False, n_train: int | None = None) -> Splits:
     """Unlabelled Splits: train crops (calibration: their first `n_calib`) and `n_test` test crops,
@@ -74,7 +79,7 @@ def load_photos(image_size: int = 224, n_calib: int = 64, n_test: int = 200, see
         raise EdgeKitError(f"photos: image_size={image_size}, n_calib={n_calib}, n_test={n_test}, n_train={n_train}; "
                            "give image_size >= 8, at least one calibration and one test crop, and n_train >= n_calib")
     prep = Preprocess.from_spec(preprocess)
-    train_photos, test_photos = (CALIB_PHOTOS + TEST_PHOTOS,) * 2 if same_photos else (CALIB_PHOTOS, TEST_PHOTOS)
+    train_photos, test_photos = photo_sets(same_photos)
     # One generator per split: the test crops do not change with n_calib / n_train, and the first
     # n_calib train crops are the ones a shorter draw gives.
     train = prep.normalise(crops(train_photos, n_train, image_size, np.random.default_rng([seed, 0]), prep))

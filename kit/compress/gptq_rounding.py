@@ -107,7 +107,7 @@ def gptq_round(weight: "torch.Tensor", h: "torch.Tensor") -> "torch.Tensor":
 
     shape = weight.shape
     w = weight.detach().double().reshape(shape[0], -1).clone()
-    # the scale exactly as kit.compress.weight_correction.round_to_grid computes it (float32)
+    # the scale exactly as round_to_grid computes it (float32): the quantizers find the same grid
     scale32 = _scale(weight.detach())
     scale = scale32.double()
     top = w.abs().argmax(1)  # the largest weight of each channel stays at +-127: the grid stays the same

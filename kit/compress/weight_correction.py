@@ -25,14 +25,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kit.compress.gptq_rounding import QMAX, round_to_grid  # noqa: F401  (round_to_grid: public here too)
+from kit.compress.gptq_rounding import round_to_grid
 from kit.data import Dataset
 from kit.errors import EdgeKitError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
 
 
 def correctable_layers(model: "nn.Module") -> list[tuple[str, "nn.Module"]]:

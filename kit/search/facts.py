@@ -4,14 +4,17 @@ layers, and what NetAdapt did."""
 from __future__ import annotations
 
 
+def _step_infos(report: dict) -> list[dict]:
+    steps = report.get("steps") or (report.get("chain") or {}).get("steps") or []
+    return [step.get("info") or {} for step in steps]
+
+
 def step_facts(report: dict) -> tuple[float | None, list[str]]:
     """(int8 MACs share, the 3 costliest layers) from a build report's chain steps' info: the last
     `int8_macs_share` the quantizers put there, the worst `sensitivity` rows (else the lowest
     `worst_layers_sqnr` rows), each named with its SQNR."""
     share, worst = None, []
-    steps = report.get("steps") or (report.get("chain") or {}).get("steps") or []
-    for step in steps:
-        info = step.get("info") or {}
+    for info in _step_infos(report):
         if info.get("int8_macs_share") is not None:
             share = float(info["int8_macs_share"])
         rows = info.get("sensitivity") or sorted(info.get("worst_layers_sqnr") or [],
@@ -25,9 +28,7 @@ def step_facts(report: dict) -> tuple[float | None, list[str]]:
 def pruning_note(report: dict) -> str:
     """One line on a NetAdapt step from a build report, e.g. "stopped: floor (...); 1.00 of the
     original MACs": a pruned candidate whose rounds were all undone is the unpruned model."""
-    steps = report.get("steps") or (report.get("chain") or {}).get("steps") or []
-    for step in steps:
-        info = step.get("info") or {}
+    for info in _step_infos(report):
         if "stopped" in info and isinstance(info.get("original"), dict) and isinstance(info.get("final"), dict):
             by = info.get("by", "macs")
             left = info["final"].get(by) / info["original"][by] if info["original"].get(by) else None
