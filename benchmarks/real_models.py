@@ -10,7 +10,7 @@ Per model and runtime: agreement with eager fp32 on all test crops and on the co
 (fp32 top-1 probability > 0.5), output SQNR, file size, p50 latency fp32 vs int8 side by side
 (one run, same device, same threads, fp32 and int8 timed in alternation), compress time. Without labels, agreement is the measure.
 
-    python benchmarks/real_models.py [--size 224] [--calib 64] [--test 200] [--runs 50] [--models ...] [--mixed] [--gptq]
+    python benchmarks/real_models.py [--size 224] [--calib 64] [--test 200] [--runs 50] [--models ...] [--mixed] [--nearest]
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ NAIVE = {"pte": ["compress.0.observer=minmax", "compress.0.bias_correction=false
          "onnx": ["compress.0.calibration=MinMax", "compress.0.bias_correction=false"]}
 # --mixed: the shipped recipe with accuracy-aware mixed precision (kit.compress.mixed_precision)
 MIXED = ["compress.0.keep_float=auto"]
-# --gptq: the shipped recipe with input-aware weight rounding (kit.compress.gptq_rounding)
-GPTQ = ["compress.0.rounding=gptq"]
+# --nearest: the shipped recipe with round-to-nearest weights instead of its default input-aware
+# GPTQ rounding (kit.compress.gptq_rounding): what GPTQ buys, side by side
+NEAREST = ["compress.0.rounding=nearest"]
 
 
 def find_key(doc, key):
@@ -100,7 +101,7 @@ def bench_side_by_side(row: dict, runs: int, threads: int, rounds: int) -> None:
     from kit.devices.local import LocalDevice
     from kit.package.bundle import Bundle
 
-    kinds = [k for k in ("fp32", "naive", "best", "mixed", "gptq") if "bundle" in row.get(k, {})]
+    kinds = [k for k in ("fp32", "naive", "best", "mixed", "nearest") if "bundle" in row.get(k, {})]
     for _ in range(rounds):
         for kind in kinds:
             m = bench(LocalDevice(), Bundle.load(row[kind]["bundle"]), BenchOptions(runs=runs, warmup=5, threads=threads))
@@ -123,7 +124,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3, help="fp32/int8 bench rounds, alternating")
     p.add_argument("--mixed", action="store_true", help="also build the shipped int8 recipe with keep_float=auto")
-    p.add_argument("--gptq", action="store_true", help="also build the shipped int8 recipe with rounding=gptq")
+    p.add_argument("--nearest", action="store_true", help="also build the shipped int8 recipe with rounding=nearest")
     p.add_argument("--skip-best", action="store_true", help="leave out the shipped recipe's column (with --mixed)")
     args = p.parse_args()
     import torch
@@ -152,8 +153,8 @@ def main() -> None:
                     continue
                 row = {}
                 kinds = [("fp32", fp32_recipe, extra), ("naive", int8_recipe, NAIVE[rt]), ("best", int8_recipe, []),
-                         ("mixed", int8_recipe, MIXED), ("gptq", int8_recipe, GPTQ)]
-                kinds = [k for k in kinds if (k[0] != "mixed" or args.mixed) and (k[0] != "gptq" or args.gptq)
+                         ("mixed", int8_recipe, MIXED), ("nearest", int8_recipe, NEAREST)]
+                kinds = [k for k in kinds if (k[0] != "mixed" or args.mixed) and (k[0] != "nearest" or args.nearest)
                          and (k[0] != "best" or not args.skip_best)]
                 for kind, recipe_name, ov in kinds:
                     try:

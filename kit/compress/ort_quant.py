@@ -83,7 +83,7 @@ class OrtInt8Static(_OrtInt8):
     range_search_seconds: float = 300.0  # cap on that search (the best choice so far is kept)
     bias_correction: bool = True  # weights on their int8 grid + bias correction, in torch before export
     correction_samples: int = 64
-    rounding: Literal["gptq", "nearest"] = "nearest"  # as quantize's: nearest | gptq (kit.compress.gptq_rounding)
+    rounding: Literal["gptq", "nearest"] = "gptq"  # as quantize's: gptq (default) | nearest (kit.compress.gptq_rounding)
     activation_type: str = "auto"  # auto (uint8 on x86-64, int8 on ARM) | int8 | uint8 | int16 | uint16
     weight_type: str = "int8"  # int8 | uint8
     weight_symmetric: bool = True
