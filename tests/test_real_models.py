@@ -157,3 +157,5 @@ def test_int8_artifact_builds_runs_and_is_sane(mnv2, mnv2_photos, recipe_name, t
     assert art["agreement"]["sqnr_db"] > naive_sqnr + 2.0  # measured at 224 px: +7 dB (.pte), +3.8 dB (.onnx)
     assert match.mean() > 0.75
     assert info["int8_macs_share"] >= 0.95 and info["weight_correction"]["bias_corrected"] > 40
+    # the default rounding is input-aware (GPTQ) on every conv, depthwise ones included
+    assert info["weight_correction"]["rounding"] == "gptq" and info["weight_correction"]["gptq_layers"] > 40
