@@ -146,3 +146,23 @@ def test_netadapt_counts_the_macs_of_conv_subclasses_with_their_own_forward():
     cost = _cost(net, torch.zeros(1, 3, 16, 16), None)
     assert cost["macs"] == 8 * 27 * 8 * 8 + 4 * 8 * 8 * 8  # both convs, the padded one included
     assert cost["params"] == sum(p.numel() for p in net.parameters()) and cost["ms"] is None
+
+
+def test_netadapt_with_every_round_undone_returns_the_original_without_a_repair(mnv2, tmp_path, monkeypatch):
+    from kit.compress.netadapt import netadapt
+
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
+    splits = fixed_camera(32, 32, 8)
+    example = torch.zeros(1, 3, 32, 32)
+    # a floor of 1.0 after half of each chosen unit's channels went: the first round is undone
+    cfg = PruneStructured(target_macs_ratio=0.5, min_agreement=1.0, epochs=2,
+                          adapt={"step": 0.4, "ratios": [0.5], "scan_samples": 8, "max_rounds": 2, "round_epochs": 0})
+    seen = []
+    model, info = netadapt(mnv2, mnv2, splits.train, cfg, example, progress=lambda l, d, t: seen.append(l))
+    assert info["stopped"].startswith("floor (round 1") and info["rounds"] == [] and not info["reached"]
+    assert info["repair"] == {"repair": "skipped: no round kept, the model is the original"}
+    assert "prune_netadapt repair" not in seen  # no host time spent distilling the original into itself
+    assert info["final"]["macs"] == info["original"]["macs"]
+    with torch.no_grad():
+        x = torch.from_numpy(splits.test.x)
+        assert torch.equal(model(x).argmax(1), mnv2(x).argmax(1))

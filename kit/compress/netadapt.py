@@ -15,8 +15,9 @@ the residual channels of each stage, the stem and the last conv). Each round:
    stops ("floor");
 4. checkpoint the round ($EDGEKIT_CACHE/netadapt/<key>/): a re-run with the same model, data and
    settings continues from the last finished round (max_rounds and max_seconds may change).
-After the last round, `epochs` of distillation repair the result. Bounded: rounds x units x ratios
-forwards of scan_samples images, and `max_seconds` of host time for the rounds.
+After the last kept round, `epochs` of distillation repair the result (none when every round was
+undone: the model is then the original). Bounded: rounds x units x ratios forwards of scan_samples
+images, and `max_seconds` of host time for the rounds.
 """
 
 from __future__ import annotations
@@ -313,7 +314,9 @@ def netadapt(model: nn.Module, teacher: nn.Module, data: Dataset, config, exampl
     table.save()
     if not state["done"]:
         epochs = resolve_epochs(config.epochs, config.repair, data)
-        if epochs and config.repair == "distill":
+        if not state["rounds"]:  # every round undone: the model is the original, nothing to repair
+            state["repair"] = {"repair": "skipped: no round kept, the model is the original"}
+        elif epochs and config.repair == "distill":
             current, rep = distill_repair(current, teacher, data, rcfg(epochs, config.seed),
                                           label="prune_netadapt repair", progress=progress)
             state["repair"] = rep
