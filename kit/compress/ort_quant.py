@@ -97,6 +97,11 @@ class OrtInt8Static(_OrtInt8):
     holdout: int = 16  # auto: calibration inputs held out (not calibrated on) to check each candidate
     max_keep_float: int = 8  # auto: at most this many nodes in float
     max_trials: int = 12  # auto: at most this many re-quantizations
+    # auto: keep in float the leading layers where int8 is slower on this host, when that is faster end
+    # to end (kit.compress.float_islands: measured with ORT's profiler at float_islands_threads)
+    float_islands: Literal["auto", "none"] = "none"
+    float_islands_threads: int = 1
+    float_islands_min_gain: float = 0.02  # a float prefix must beat all-int8 by this share
     method: Literal["ort_quantize"] = "ort_quantize"
 
     def __post_init__(self):
@@ -114,6 +119,10 @@ class OrtInt8Static(_OrtInt8):
         check_rounding("ort_quantize", self.rounding)
         if self.range_search not in ("per_tensor", "none"):
             raise EdgeKitError(f"ort_quantize range_search={self.range_search!r}: choose per_tensor or none")
+        if self.float_islands not in ("auto", "none") or self.float_islands_threads < 1 or self.float_islands_min_gain >= 1:
+            raise EdgeKitError(f"ort_quantize float_islands={self.float_islands!r} float_islands_threads="
+                               f"{self.float_islands_threads} float_islands_min_gain={self.float_islands_min_gain}: choose "
+                               "auto or none, threads >= 1 and a min_gain below 1 (0.02: 2% faster)")
         if self.max_samples < 1:
             raise EdgeKitError(f"ort_quantize max_samples={self.max_samples}: must be >= 1")
         if not 50.0 < self.percentile <= 100.0:
@@ -155,6 +164,14 @@ class OrtInt8Static(_OrtInt8):
                                                             ort_sensitivity, ctx.progress)
         else:
             ranges = _quantize_to(pre, cfg, ctx.splits.calib, out, ctx.progress)
+        if cfg.float_islands == "auto" and not ctx.splits.calib.multi_input:
+            from kit.compress.float_islands import choose_float_islands
+
+            cfg, info["float_islands"], island_ranges = choose_float_islands(pre, cfg, ctx.splits.calib, out,
+                                                                             partial(_quantize_to, pre), ctx.progress)
+            ranges = island_ranges or ranges
+        elif cfg.float_islands == "auto":
+            info["float_islands"] = {"chosen": None, "why": "not measured: a model with several inputs"}
         if ranges:
             info["activation_ranges"] = ranges
         info["nodes_to_exclude"] = list(cfg.nodes_to_exclude)
