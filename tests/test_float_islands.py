@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from kit.compress.float_islands import (choose_float_islands, node_ms, prefix_candidates, quantizable_order,
-                                        try_prefixes)
-from kit.compress.ort_quant import OrtInt8Static, _quantize_to, preprocess, quantize_onnx
+                                        timing_config, try_prefixes)
+from kit.compress.ort_quant import OrtInt8Static, preprocess, quantize_onnx
 from kit.data import Dataset
 from kit.errors import EdgeKitError
 from kit.package.onnx import export_onnx
@@ -40,6 +40,10 @@ def models(tmp_path_factory):
     return pre, int8, cfg, data, tmp
 
 
+def _quantizer(pre):
+    return functools.partial(quantize_onnx, pre, preprocessed=True)
+
+
 def _float_convs(path) -> set[str]:
     """Conv nodes of a QDQ model whose weight is a plain float initializer (not DequantizeLinear's)."""
     graph = onnx.load(str(path)).graph
@@ -61,9 +65,9 @@ def test_the_profiler_names_every_layer_of_the_float_and_the_int8_model(models):
 def test_prefix_candidates_add_what_float_saves_and_stop_at_an_unnamed_layer():
     order = ["a", "b", "c", "d", "e"]
     fp32 = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0, "e": 1.0}
-    int8 = {"a": 1.5, "b": 1.2, "c": 0.5, "d": 0.1, "e": 3.0}
+    int8 = {"a": 1.5, "b": 1.2, "c": 0.5, "d": 0.1, "e": 0.9}
     got = prefix_candidates(order, fp32, int8)
-    assert [k for k, _ in got] == [2, 1, 3]  # savings 0.7, 0.5, 0.2; a 4-prefix saves -0.7
+    assert [k for k, _ in got] == [2, 1, 3]  # savings 0.7, 0.5, 0.2; 4- and 5-prefixes lose
     assert got[0][1] == pytest.approx(0.7)
     assert prefix_candidates(order, fp32, int8, keep=1) == [(2, pytest.approx(0.7))]
     del int8["b"]  # the profiler did not name b: nothing is estimated past it, e is never reached
@@ -72,48 +76,70 @@ def test_prefix_candidates_add_what_float_saves_and_stop_at_an_unnamed_layer():
 
 def test_a_chosen_prefix_runs_in_float_and_the_config_names_it(models):
     pre, int8, cfg, data, tmp = models
-    out = tmp / "forced.onnx"
-    out.write_bytes(int8.read_bytes())
     order, _ = quantizable_order(pre)
     forced = dataclasses.replace(cfg, float_islands_min_gain=-100.0)  # any prefix is kept
-    applied, info, _ = try_prefixes(order, [(2, 0.1), (1, 0.05)], forced, data, out,
-                                    functools.partial(_quantize_to, pre), data.x[:1])
+    applied, info = try_prefixes(order, [(2, 0.1), (1, 0.05)], forced, data, _quantizer(pre), int8,
+                                 data.x[:1])
     k = len(info["chosen"])
     assert info["chosen"] == order[:k] and k in (1, 2)
     assert applied.nodes_to_exclude == order[:k]
-    assert _float_convs(out) == set(order[:k])  # those and only those run in float
-    assert _float_convs(int8) == set()
     rows = {r["float_prefix"]: r["ms"] for r in info["candidates"]}
     assert rows[k] == min(rows.values()) and info["speedup"] == pytest.approx(info["all_int8_ms"] / rows[k], abs=2e-3)
+    # the accurate quantization that follows keeps those and only those in float
+    out = quantize_onnx(pre, applied, data, tmp / "forced.onnx", preprocessed=True)
+    assert _float_convs(out) == set(order[:k]) and _float_convs(int8) == set()
 
 
 def test_a_prefix_that_is_not_faster_is_never_kept(models):
     pre, int8, cfg, data, tmp = models
-    out = tmp / "strict.onnx"
-    out.write_bytes(int8.read_bytes())
-    before = out.read_bytes()
     order, _ = quantizable_order(pre)
     strict = dataclasses.replace(cfg, float_islands_min_gain=0.99)  # 100x faster: impossible
-    applied, info, ranges = try_prefixes(order, [(1, 0.1)], strict, data, out, functools.partial(_quantize_to, pre),
-                                         data.x[:1])
-    assert info["chosen"] is None and "faster than all-int8" in info["why"] and ranges is None
-    assert applied is strict and out.read_bytes() == before
-    assert not list(tmp.glob("*.islands"))  # the trial models are gone
+    applied, info = try_prefixes(order, [(1, 0.1)], strict, data, _quantizer(pre), int8, data.x[:1])
+    assert info["chosen"] is None and "faster than all-int8" in info["why"]
+    assert applied is strict and applied.nodes_to_exclude == []
+
+
+def test_a_timing_trial_quantizes_quickly_but_with_the_same_kernels(models):
+    pre, _, cfg, data, tmp = models
+    slow = dataclasses.replace(cfg, calibration="auto", range_search="per_tensor", max_samples=256)
+    quick = timing_config(slow)
+    assert (quick.calibration, quick.range_search, quick.max_samples) == ("MinMax", "none", 8)
+    assert (quick.activation_type, quick.per_channel, quick.weight_type) == (slow.activation_type, slow.per_channel,
+                                                                             slow.weight_type)
+    ops = lambda p: sorted(n.op_type for n in onnx.load(str(p)).graph.node)  # noqa: E731
+    a = quantize_onnx(pre, quick, data, tmp / "quick.onnx", preprocessed=True)
+    b = quantize_onnx(pre, dataclasses.replace(cfg, calibration="Percentile"), data, tmp / "pct.onnx", preprocessed=True)
+    assert ops(a) == ops(b)
 
 
 def test_auto_on_this_cpu_either_keeps_all_int8_or_a_faster_float_prefix(models):
-    pre, int8, cfg, data, tmp = models
-    out = tmp / "auto.onnx"
-    out.write_bytes(int8.read_bytes())
+    pre, _, cfg, data, tmp = models
     auto = dataclasses.replace(cfg, float_islands="auto")
-    applied, info, _ = choose_float_islands(pre, auto, data, out, functools.partial(_quantize_to, pre))
+    applied, info = choose_float_islands(pre, auto, data, _quantizer(pre))
     assert info["profiled_nodes"] == info["nodes"] == 5
     if info["chosen"] is None:
-        assert applied.nodes_to_exclude == [] and _float_convs(out) == set()
+        assert applied.nodes_to_exclude == []
     else:
-        assert _float_convs(out) == set(info["chosen"]) == set(applied.nodes_to_exclude)
+        assert set(info["chosen"]) == set(applied.nodes_to_exclude)
         assert info["speedup"] >= 1 / (1 - auto.float_islands_min_gain) - 1e-3
     print("float islands here:", info["why"])
+
+
+def test_the_ort_quantize_step_applies_the_choice(tmp_path):
+    from kit.compress.base import StepContext
+    from kit.splits import Splits
+
+    torch.set_num_threads(1)
+    x = Dataset(np.random.default_rng(1).normal(size=(24, 3, 96, 96)).astype(np.float32), None)
+    splits = Splits(train=x, calib=x, test=x, num_classes=10, name="noise")
+    cfg = OrtInt8Static(calibration="MinMax", bias_correction=False, max_samples=16, activation_type="uint8",
+                        float_islands="auto", float_islands_min_gain=-100.0)  # a prefix is always kept
+    ctx = StepContext(splits=splits, example=torch.zeros(1, 3, 96, 96), eval_data=x, original=stem_net(),
+                      workdir=tmp_path)
+    result = cfg.apply(stem_net(), ctx)
+    chosen = result.info["float_islands"]["chosen"]
+    assert chosen and result.config.nodes_to_exclude == chosen == result.info["nodes_to_exclude"]
+    assert _float_convs(result.model) == set(chosen)
 
 
 def test_bad_float_islands_settings_get_one_line():

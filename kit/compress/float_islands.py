@@ -7,9 +7,10 @@ AVX-512 VNNI, 1 thread) timed the first convolution (3 input channels: a 27-deep
 pointwise layers ran 2.3-3.8x faster in int8. Keeping those layers in float costs a boundary:
 ReorderOutput + QuantizeLinear + a Transpose to NHWC, about 0.27 ms at 112x112x32. So the
 candidates are prefixes of the graph (its input is float anyway, and a prefix has one boundary), and
-each candidate is quantized and timed end to end against the all-int8 model, side by side and
-interleaved. The fastest is kept only if it beats the all-int8 model by `min_gain`. Layers
-further in where int8 is slower are reported, but they are left in int8: an island there has a
+each candidate is quantized (a quick MinMax one: ORT's int8 kernels do not depend on the ranges)
+and timed end to end against the all-int8 model, side by side and interleaved; the choice goes
+into nodes_to_exclude before the accurate quantization. The fastest is kept only if it beats the
+all-int8 model by `min_gain`. Layers further in where int8 is slower are reported, but they are left in int8: an island there has a
 boundary on both sides.
 
 It measures on this host at `threads` threads. It says nothing about another CPU, so the recipes
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -135,64 +135,69 @@ def time_side_by_side(paths: list[Path], x: np.ndarray, threads: int = 1, rounds
     return [float(np.median(m)) for m in medians]
 
 
-def choose_float_islands(pre: Path, cfg, calib, out: Path, quantize_to, progress=None):
-    """`out` holds the all-int8 QDQ model of `pre`. Quantize each candidate float prefix with
-    `quantize_to(cfg, calib, path, progress)`, time them all against `out`, and move the fastest
-    onto `out` when it pays. Returns (config with the float nodes added to nodes_to_exclude, report,
-    the winner's activation ranges or None when the all-int8 model stays)."""
+def timing_config(cfg):
+    """The quantization a latency trial needs: kernels and layout only. ORT runs the same int8
+    kernels whatever the ranges, so MinMax on a few inputs, no range search (a trial costs seconds,
+    not the minutes of the accurate quantization that follows the choice)."""
+    return dataclasses.replace(cfg, calibration="MinMax", range_search="none", keep_float=0,
+                               max_samples=min(cfg.max_samples, 8))
+
+
+def choose_float_islands(pre: Path, cfg, calib, quantize, progress=None):
+    """Choose the leading layers of `pre` (preprocessed fp32 .onnx) to keep in float on this host,
+    before the accurate quantization. `quantize(config, calib, out_path)` writes a QDQ copy of
+    `pre` (kit.compress.ort_quant passes its quantize_onnx in: it imports this module). Returns
+    (config with those nodes added to nodes_to_exclude, report)."""
     order, tensors = quantizable_order(pre)
     x = np.ascontiguousarray(calib.x[:1], dtype=np.float32)
     threads = cfg.float_islands_threads
     t0 = time.time()
-    fp32_ms, int8_ms = node_ms(pre, x, order, tensors, threads), node_ms(out, x, order, tensors, threads)
-    excluded = set(cfg.nodes_to_exclude)
-    slower = [n for n in order if n in fp32_ms and n in int8_ms and int8_ms[n] > fp32_ms[n] and n not in excluded]
-    info = {"threads": threads, "profiled_nodes": len(set(fp32_ms) & set(int8_ms)), "nodes": len(order),
-            "slower_in_int8": [{"node": n, "int8_ms": round(int8_ms[n], 4), "fp32_ms": round(fp32_ms[n], 4)}
-                               for n in slower]}
-    candidates = [(k, s) for k, s in prefix_candidates(order, fp32_ms, int8_ms) if not set(order[:k]) <= excluded]
-    if not candidates:
-        return cfg, {**info, "chosen": None, "why": "int8 is faster on every leading layer here",
-                     "seconds": round(time.time() - t0, 1)}, None
-    cfg, trial_info, ranges = try_prefixes(order, candidates, cfg, calib, out, quantize_to, x, progress)
-    return cfg, {**info, **trial_info, "seconds": round(time.time() - t0, 1)}, ranges
+    with tempfile.TemporaryDirectory() as tmp:
+        int8 = quantize(timing_config(cfg), calib, Path(tmp) / "all-int8.onnx")
+        fp32_ms, int8_ms = node_ms(pre, x, order, tensors, threads), node_ms(int8, x, order, tensors, threads)
+        excluded = set(cfg.nodes_to_exclude)
+        slower = [n for n in order if n in fp32_ms and n in int8_ms and int8_ms[n] > fp32_ms[n] and n not in excluded]
+        info = {"threads": threads, "profiled_nodes": len(set(fp32_ms) & set(int8_ms)), "nodes": len(order),
+                "slower_in_int8": [{"node": n, "int8_ms": round(int8_ms[n], 4), "fp32_ms": round(fp32_ms[n], 4)}
+                                   for n in slower]}
+        candidates = [(k, s) for k, s in prefix_candidates(order, fp32_ms, int8_ms)
+                      if not set(order[:k]) <= excluded]
+        if not candidates:
+            return cfg, {**info, "chosen": None, "why": "int8 is faster on every leading layer here",
+                         "seconds": round(time.time() - t0, 1)}
+        cfg, trial_info = try_prefixes(order, candidates, cfg, calib, quantize, int8, x, progress)
+    return cfg, {**info, **trial_info, "seconds": round(time.time() - t0, 1)}
 
 
-def try_prefixes(order: list[str], candidates: list[tuple[int, float]], cfg, calib, out: Path, quantize_to,
+def try_prefixes(order: list[str], candidates: list[tuple[int, float]], cfg, calib, quantize, all_int8: Path,
                  x: np.ndarray, progress=None):
-    """Quantize each (prefix length, estimated saving) candidate with its prefix in float, time them
-    against the all-int8 `out` side by side, and move the fastest onto `out` when it beats all-int8
-    by cfg.float_islands_min_gain. Returns (config as applied, report, the winner's ranges or None)."""
+    """Quantize (as choose_float_islands) with each (prefix length, estimated saving) candidate prefix in float, time
+    them against `all_int8` side by side, and keep the fastest when it beats all-int8 by
+    cfg.float_islands_min_gain. Returns (config with the prefix excluded, or `cfg` itself; report)."""
     excluded, threads = set(cfg.nodes_to_exclude), cfg.float_islands_threads
-    work = out.parent / (out.stem + ".islands")
-    work.mkdir(parents=True, exist_ok=True)
-    try:
+    with tempfile.TemporaryDirectory() as work:
         trials = []
         for i, (k, est) in enumerate(candidates):
-            report(progress, "float islands: quantizing a candidate", i, len(candidates))
+            report(progress, "float islands: timing a candidate", i, len(candidates))
             trial_cfg = dataclasses.replace(cfg, nodes_to_exclude=[*cfg.nodes_to_exclude,
                                                                    *(n for n in order[:k] if n not in excluded)])
-            path = work / f"prefix{k}.onnx"
-            ranges = quantize_to(trial_cfg, calib, path, None)
-            trials.append((k, est, trial_cfg, path, ranges))
-        report(progress, "float islands: quantizing a candidate", len(candidates), len(candidates))
-        ms = time_side_by_side([out, *(t[3] for t in trials)], x, threads)
-        rows = [{"float_prefix": k, "nodes": order[:k], "estimated_saving_ms": round(est, 4), "ms": round(m, 4)}
-                for (k, est, *_), m in zip(trials, ms[1:])]
-        info = {"all_int8_ms": round(ms[0], 4), "candidates": rows, "min_gain": cfg.float_islands_min_gain}
-        best = min(range(len(trials)), key=lambda i: ms[i + 1])
-        if ms[best + 1] > ms[0] * (1 - cfg.float_islands_min_gain):
-            info.update(chosen=None, why=f"no float prefix is {cfg.float_islands_min_gain:.0%} faster than all-int8 "
-                                         f"end to end ({ms[best + 1]:.3f} against {ms[0]:.3f} ms)")
-            return cfg, info, None
-        k, _, chosen_cfg, path, ranges = trials[best]
-        shutil.move(str(path), str(out))
-        info.update(chosen=order[:k], speedup=round(ms[0] / ms[best + 1], 3),
-                    why=f"{k} leading layer(s) in float: {ms[best + 1]:.3f} against {ms[0]:.3f} ms all-int8")
-        return chosen_cfg, info, ranges
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            path = quantize(timing_config(trial_cfg), calib, Path(work) / f"prefix{k}.onnx")
+            trials.append((k, est, trial_cfg, path))
+        report(progress, "float islands: timing a candidate", len(candidates), len(candidates))
+        ms = time_side_by_side([all_int8, *(t[3] for t in trials)], x, threads)
+    rows = [{"float_prefix": k, "nodes": order[:k], "estimated_saving_ms": round(est, 4), "ms": round(m, 4)}
+            for (k, est, *_), m in zip(trials, ms[1:])]
+    info = {"all_int8_ms": round(ms[0], 4), "candidates": rows, "min_gain": cfg.float_islands_min_gain}
+    best = min(range(len(trials)), key=lambda i: ms[i + 1])
+    if ms[best + 1] > ms[0] * (1 - cfg.float_islands_min_gain):
+        info.update(chosen=None, why=f"no float prefix is {cfg.float_islands_min_gain:.0%} faster than all-int8 "
+                                     f"end to end ({ms[best + 1]:.3f} against {ms[0]:.3f} ms)")
+        return cfg, info
+    k, _, chosen_cfg, _ = trials[best]
+    info.update(chosen=order[:k], speedup=round(ms[0] / ms[best + 1], 3),
+                why=f"{k} leading layer(s) in float: {ms[best + 1]:.3f} against {ms[0]:.3f} ms all-int8")
+    return chosen_cfg, info
 
 
 __all__ = ["choose_float_islands", "node_ms", "prefix_candidates", "quantizable_order", "time_side_by_side",
-           "try_prefixes"]
+           "timing_config", "try_prefixes"]

@@ -150,6 +150,13 @@ class OrtInt8Static(_OrtInt8):
     def _quantize_file(self, fp32: Path, ctx: StepContext) -> tuple[Pass, dict]:
         pre = preprocess(fp32, ctx.workdir / "model-fp32-pre.onnx")
         cfg, info = self, {}
+        if cfg.float_islands == "auto" and not ctx.splits.calib.multi_input:
+            from kit.compress.float_islands import choose_float_islands
+
+            cfg, info["float_islands"] = choose_float_islands(pre, cfg, ctx.splits.calib,
+                                                              partial(quantize_onnx, pre, preprocessed=True), ctx.progress)
+        elif cfg.float_islands == "auto":
+            info["float_islands"] = {"chosen": None, "why": "not measured: a model with several inputs"}
         if cfg.keep_float and cfg.keep_float != "auto":
             from kit.compress.sensitivity import most_sensitive
 
@@ -164,14 +171,6 @@ class OrtInt8Static(_OrtInt8):
                                                             ort_sensitivity, ctx.progress)
         else:
             ranges = _quantize_to(pre, cfg, ctx.splits.calib, out, ctx.progress)
-        if cfg.float_islands == "auto" and not ctx.splits.calib.multi_input:
-            from kit.compress.float_islands import choose_float_islands
-
-            cfg, info["float_islands"], island_ranges = choose_float_islands(pre, cfg, ctx.splits.calib, out,
-                                                                             partial(_quantize_to, pre), ctx.progress)
-            ranges = island_ranges or ranges
-        elif cfg.float_islands == "auto":
-            info["float_islands"] = {"chosen": None, "why": "not measured: a model with several inputs"}
         if ranges:
             info["activation_ranges"] = ranges
         info["nodes_to_exclude"] = list(cfg.nodes_to_exclude)
