@@ -71,7 +71,7 @@ def candidate_names(given: str | None) -> list[str]:
 def row(c) -> dict:
     keys = ("recipe", "runtime", "format", "threads", "p50_ms", "p99_ms", "agreement", "sqnr_db", "size_bytes",
             "host_seconds", "built_from_cache", "speedup", "verdict", "speedup_ci", "reference", "reference_p50_ms",
-            "agreement_lost", "size_ratio", "int8_macs_share", "pruning", "within_budget", "on_front", "chosen", "why_not",
+            "agreement_lost", "size_ratio", "int8_macs_share", "pruning", "float_islands", "within_budget", "on_front", "chosen", "why_not",
             "skipped", "error")
     return {k: getattr(c, k) for k in keys}
 

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from kit.compress.float_islands import (choose_float_islands, node_ms, prefix_candidates, quantizable_order,
-                                        timing_config, try_prefixes)
+                                        timing_config, try_prefixes, weight_shares)
 from kit.compress.ort_quant import OrtInt8Static, preprocess, quantize_onnx
 from kit.data import Dataset
 from kit.errors import EdgeKitError
@@ -35,7 +35,9 @@ def models(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("islands")
     data = Dataset(np.random.default_rng(0).normal(size=(24, 3, 96, 96)).astype(np.float32), None)
     pre = preprocess(export_onnx(stem_net(), (torch.zeros(1, 3, 96, 96),), tmp / "fp32.onnx"), tmp / "pre.onnx")
-    cfg = OrtInt8Static(calibration="MinMax", bias_correction=False, max_samples=16, activation_type="uint8")
+    # the stem's first conv holds a quarter of this small net's weights: the size guard is off here
+    cfg = OrtInt8Static(calibration="MinMax", bias_correction=False, max_samples=16, activation_type="uint8",
+                        float_islands_max_weight_share=1.0)
     int8 = quantize_onnx(pre, cfg, data, tmp / "int8.onnx", preprocessed=True)
     return pre, int8, cfg, data, tmp
 
@@ -133,7 +135,8 @@ def test_the_ort_quantize_step_applies_the_choice(tmp_path):
     x = Dataset(np.random.default_rng(1).normal(size=(24, 3, 96, 96)).astype(np.float32), None)
     splits = Splits(train=x, calib=x, test=x, num_classes=10, name="noise")
     cfg = OrtInt8Static(calibration="MinMax", bias_correction=False, max_samples=16, activation_type="uint8",
-                        float_islands="auto", float_islands_min_gain=-100.0)  # a prefix is always kept
+                        float_islands="auto", float_islands_min_gain=-100.0,  # a prefix is always kept
+                        float_islands_max_weight_share=1.0)
     ctx = StepContext(splits=splits, example=torch.zeros(1, 3, 96, 96), eval_data=x, original=stem_net(),
                       workdir=tmp_path)
     result = cfg.apply(stem_net(), ctx)
@@ -142,8 +145,22 @@ def test_the_ort_quantize_step_applies_the_choice(tmp_path):
     assert _float_convs(result.model) == set(chosen)
 
 
+def test_a_prefix_holding_much_of_the_weights_is_never_tried(models):
+    pre, _, cfg, data, _ = models
+    order, _ = quantizable_order(pre)
+    shares = weight_shares(pre, order)
+    assert shares == sorted(shares) and shares[-1] == pytest.approx(1.0, abs=0.01) and 0.2 < shares[0] < 0.3
+    guarded = dataclasses.replace(cfg, float_islands="auto", float_islands_min_gain=-100.0,
+                                  float_islands_max_weight_share=0.05)
+    applied, info = choose_float_islands(pre, guarded, data, _quantizer(pre))
+    assert info["chosen"] is None and "of the weights" in info["why"] and "first layer alone" in info["why"]
+    assert applied is guarded
+
+
 def test_bad_float_islands_settings_get_one_line():
     with pytest.raises(EdgeKitError, match="float_islands='yes'"):
         OrtInt8Static(float_islands="yes")
     with pytest.raises(EdgeKitError, match="min_gain below 1"):
         OrtInt8Static(float_islands_min_gain=1.5)
+    with pytest.raises(EdgeKitError, match="weight share in"):
+        OrtInt8Static(float_islands_max_weight_share=2.0)

@@ -163,6 +163,12 @@ def test_search_judges_candidates_by_the_gate_and_names_costly_layers():
                                    "original": {"macs": 300}, "final": {"macs": 300}}}, {"info": {}}]}
     assert pruning_note(undone) == "stopped: floor (round 1 agreement 0.632 < 0.9: undone); 1.00 of the original macs"
     assert pruning_note(report) == ""
+    from kit.search.recipes import float_islands_note
+
+    islands = {"steps": [{"info": {"float_islands": {"chosen": ["c1"], "why": "1 leading layer(s) in float: 2.9 "
+                                                      "against 3.1 ms all-int8"}}}]}
+    assert float_islands_note(islands) == "1 leading layer(s) in float: 2.9 against 3.1 ms all-int8"
+    assert float_islands_note(report) == ""
     budget = effective_budget(recipe, None, 0.95, None)
     assert budget.agreement == 0.95 and budget.top1_drop == 1.0 and recipe.budget.agreement == 0.90
     gate = judge(BASE, _row(0.86, 11.0), budget, samples=200)

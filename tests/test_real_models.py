@@ -156,6 +156,14 @@ def test_int8_artifact_builds_runs_and_is_sane(mnv2, mnv2_photos, recipe_name, t
           f"shipped ranges {info.get('activation_ranges', {}).get('chosen')}")
     assert art["agreement"]["sqnr_db"] > naive_sqnr + 2.0  # measured at 224 px: +7 dB (.pte), +3.8 dB (.onnx)
     assert match.mean() > 0.75
-    assert info["int8_macs_share"] >= 0.95 and info["weight_correction"]["bias_corrected"] > 40
+    islands = info.get("float_islands") or {"chosen": None}
+    if recipe_name == "x86-64-int8-ort":  # float_islands: auto; what it keeps depends on this CPU
+        assert islands["profiled_nodes"] == islands["nodes"] == 53  # ORT's profiler named every conv of both
+        print(f"  float islands: {islands['why']}")
+    floats = islands["chosen"] or []
+    assert info.get("nodes_to_exclude", []) == floats  # in float: the measured prefix, nothing else
+    # a float prefix is the stem (3 convs at most 7% of MobileNetV2's MACs); else int8 throughout
+    assert info["int8_macs_share"] >= (0.95 if not floats else 0.9)
+    assert info["weight_correction"]["bias_corrected"] > 40
     # the default rounding is input-aware (GPTQ) on every conv, depthwise ones included
     assert info["weight_correction"]["rounding"] == "gptq" and info["weight_correction"]["gptq_layers"] > 40

@@ -59,6 +59,18 @@ def quantizable_order(pre: Path) -> tuple[list[str], dict[str, str]]:
     return order, tensors
 
 
+def weight_shares(pre: Path, order: list[str]) -> list[float]:
+    """Cumulative share of the model's weight elements held by order[:1], order[:2], ...: a float
+    prefix keeps its weights in fp32, so it must stay a small share for int8's size win to hold."""
+    import onnx
+
+    graph = onnx.load(str(pre), load_external_data=False).graph
+    sizes = {i.name: int(np.prod(i.dims)) for i in graph.initializer}
+    total = sum(sizes.values()) or 1
+    per_node = {n.name: sum(sizes.get(i, 0) for i in n.input) for n in graph.node if n.name in set(order)}
+    return [float(v) for v in np.cumsum([per_node.get(n, 0) for n in order]) / total]
+
+
 def _source(event_name: str, nodes: set[str], tensors: dict[str, str]) -> str | None:
     """The source node a profiled kernel ran for: QDQ fusion names it `<node>_token_<n>`, the NCHWc
     transformer `<output tensor>_nchwc`."""
@@ -160,11 +172,15 @@ def choose_float_islands(pre: Path, cfg, calib, quantize, progress=None):
         info = {"threads": threads, "profiled_nodes": len(set(fp32_ms) & set(int8_ms)), "nodes": len(order),
                 "slower_in_int8": [{"node": n, "int8_ms": round(int8_ms[n], 4), "fp32_ms": round(fp32_ms[n], 4)}
                                    for n in slower]}
-        candidates = [(k, s) for k, s in prefix_candidates(order, fp32_ms, int8_ms)
+        shares = weight_shares(pre, order)
+        scan = sum(1 for sh in shares if sh <= cfg.float_islands_max_weight_share)  # shares only grow
+        candidates = [(k, s) for k, s in prefix_candidates(order, fp32_ms, int8_ms, scan=min(12, scan))
                       if not set(order[:k]) <= excluded]
         if not candidates:
-            return cfg, {**info, "chosen": None, "why": "int8 is faster on every leading layer here",
-                         "seconds": round(time.time() - t0, 1)}
+            why = ("int8 is faster on every leading layer here" if scan else
+                   f"the first layer alone holds {shares[0]:.0%} of the weights (float_islands_max_weight_share "
+                   f"{cfg.float_islands_max_weight_share:g}): in float it would undo int8's size win")
+            return cfg, {**info, "chosen": None, "why": why, "seconds": round(time.time() - t0, 1)}
         cfg, trial_info = try_prefixes(order, candidates, cfg, calib, quantize, int8, x, progress)
     return cfg, {**info, **trial_info, "seconds": round(time.time() - t0, 1)}
 
@@ -200,4 +216,4 @@ def try_prefixes(order: list[str], candidates: list[tuple[int, float]], cfg, cal
 
 
 __all__ = ["choose_float_islands", "node_ms", "prefix_candidates", "quantizable_order", "time_side_by_side",
-           "timing_config", "try_prefixes"]
+           "timing_config", "try_prefixes", "weight_shares"]

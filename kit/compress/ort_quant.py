@@ -102,6 +102,7 @@ class OrtInt8Static(_OrtInt8):
     float_islands: Literal["auto", "none"] = "none"
     float_islands_threads: int = 1
     float_islands_min_gain: float = 0.02  # a float prefix must beat all-int8 by this share
+    float_islands_max_weight_share: float = 0.05  # and hold at most this share of the weights (size)
     method: Literal["ort_quantize"] = "ort_quantize"
 
     def __post_init__(self):
@@ -119,10 +120,12 @@ class OrtInt8Static(_OrtInt8):
         check_rounding("ort_quantize", self.rounding)
         if self.range_search not in ("per_tensor", "none"):
             raise EdgeKitError(f"ort_quantize range_search={self.range_search!r}: choose per_tensor or none")
-        if self.float_islands not in ("auto", "none") or self.float_islands_threads < 1 or self.float_islands_min_gain >= 1:
+        if (self.float_islands not in ("auto", "none") or self.float_islands_threads < 1
+                or self.float_islands_min_gain >= 1 or not 0 <= self.float_islands_max_weight_share <= 1):
             raise EdgeKitError(f"ort_quantize float_islands={self.float_islands!r} float_islands_threads="
-                               f"{self.float_islands_threads} float_islands_min_gain={self.float_islands_min_gain}: choose "
-                               "auto or none, threads >= 1 and a min_gain below 1 (0.02: 2% faster)")
+                               f"{self.float_islands_threads} float_islands_min_gain={self.float_islands_min_gain} "
+                               f"float_islands_max_weight_share={self.float_islands_max_weight_share}: choose auto or "
+                               "none, threads >= 1, a min_gain below 1 (0.02: 2% faster), a weight share in [0, 1]")
         if self.max_samples < 1:
             raise EdgeKitError(f"ort_quantize max_samples={self.max_samples}: must be >= 1")
         if not 50.0 < self.percentile <= 100.0:

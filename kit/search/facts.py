@@ -1,5 +1,5 @@
 """What a build report says about a search candidate: the share of MACs in int8, the costliest
-layers, and what NetAdapt did."""
+layers, what NetAdapt did, and which layers float_islands kept in float."""
 
 from __future__ import annotations
 
@@ -33,4 +33,14 @@ def pruning_note(report: dict) -> str:
             by = info.get("by", "macs")
             left = info["final"].get(by) / info["original"][by] if info["original"].get(by) else None
             return f"stopped: {info['stopped']}" + (f"; {left:.2f} of the original {by}" if left is not None else "")
+    return ""
+
+
+def float_islands_note(report: dict) -> str:
+    """One line on ort_quantize's float_islands choice from a build report, e.g. "3 leading
+    layer(s) in float: 3.1 against 3.3 ms all-int8"; "" when it was not on."""
+    for info in _step_infos(report):
+        islands = info.get("float_islands")
+        if isinstance(islands, dict):
+            return str(islands.get("why", ""))
     return ""

@@ -23,7 +23,7 @@ from kit.progress import ProgressFn, report
 from kit.recipes import Recipe, available_recipes, load_recipe
 from kit.pipeline.build import apply_recipe, json_safe
 from kit.results.pareto import front_of
-from kit.search.facts import pruning_note, step_facts  # noqa: F401  (kit.search.recipes.step_facts, as before)
+from kit.search.facts import float_islands_note, pruning_note, step_facts  # noqa: F401  (kit.search.recipes.step_facts, as before)
 from kit.search.payoff import HostTimeExceeded, baseline_recipes, capped_progress, judge_pays_off, measure_all
 from kit.search.plot import plot_front  # noqa: F401  (kit.search.recipes.plot_front, as before)
 from kit.results.store import ResultsStore
@@ -55,6 +55,7 @@ class Candidate:
     gate: dict | None = None  # kit.compress.gate.GateResult.to_dict() under the search's budget
     worst_layers: list[str] = field(default_factory=list)  # the 3 layers that cost most (step info), if known
     pruning: str = ""  # what NetAdapt did (step info): where it stopped and the share of MACs left
+    float_islands: str = ""  # what ort_quantize's float_islands kept in float, and why (step info)
     reference_passed: bool | None = None
     reused: bool = False  # the measurement came from the results store
     built_from_cache: bool = False  # the bundle came from the build cache
@@ -220,6 +221,7 @@ def _build(c: Candidate, recipe: Recipe, model, splits: Splits, out: Path, *, te
     c.agreement, c.sqnr_db = float(art["top1_match"]), float(art["sqnr_db"])
     c.int8_macs_share, c.worst_layers = step_facts(applied.report)
     c.pruning = pruning_note(applied.report)
+    c.float_islands = float_islands_note(applied.report)
     return {"applied": applied, "seconds": time.time() - t0}
 
 
@@ -284,7 +286,7 @@ def search(model, data: str | Splits, device, candidates: list[Recipe], *, store
         for c in c_list[1:]:  # the same artifact at other thread counts: same build, same figures
             for k in ("built_from_cache", "host_seconds", "skipped", "accuracy", "top1_drop", "size_bytes",
                       "model_sha256", "bundle_path", "agreement", "sqnr_db", "int8_macs_share", "worst_layers",
-                      "pruning", "gate", "error"):
+                      "pruning", "float_islands", "gate", "error"):
                 setattr(c, k, getattr(c0, k))
 
     for i, recipe in enumerate(candidates):
