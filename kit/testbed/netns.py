@@ -100,6 +100,11 @@ class NetnsLink:
         subprocess.run(["ip", "netns", "exec", self.ns, "nft", "-f", "-"], input=rules, text=True, check=True,
                        capture_output=True)
 
+    def lossless(self):
+        """Undo loss(): drop the namespace's loss table."""
+        subprocess.run(["ip", "netns", "exec", self.ns, "nft", "delete", "table", "inet", "ekloss"], check=True,
+                       capture_output=True)
+
     def close(self):
         # Deleting the namespace deletes its end of the veth (and so the pair), its nftables
         # tables and qdiscs; the host end is removed explicitly in case the move never happened.
