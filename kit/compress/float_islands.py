@@ -67,7 +67,8 @@ def weight_shares(pre: Path, order: list[str]) -> list[float]:
     graph = onnx.load(str(pre), load_external_data=False).graph
     sizes = {i.name: int(np.prod(i.dims)) for i in graph.initializer}
     total = sum(sizes.values()) or 1
-    per_node = {n.name: sum(sizes.get(i, 0) for i in n.input) for n in graph.node if n.name in set(order)}
+    wanted = set(order)
+    per_node = {n.name: sum(sizes.get(i, 0) for i in n.input) for n in graph.node if n.name in wanted}
     return [float(v) for v in np.cumsum([per_node.get(n, 0) for n in order]) / total]
 
 
