@@ -55,6 +55,7 @@ class NetAdaptOptions:
     max_rounds: int = 6
     round_epochs: int = 1  # distillation epochs after each round
     scan_samples: int = 48
+    scan_fit_samples: int = 48  # images (not the scan's own) each scanned copy is reconstructed on
     min_channels: int = 8  # a unit is never pruned below this many channels
     threads: int = 1  # threads of the latency table
     max_seconds: float | None = 1800.0  # host-time cap of the rounds (the final repair has its own cap)
@@ -148,11 +149,16 @@ def _cost(model, example, table) -> dict:
 
 
 def scan(model: nn.Module, teacher_logits, x, example, ratios, table, *, ignore=(), min_channels: int = 8,
-         round_to: int | None = None, progress: ProgressFn = None) -> list[dict]:
+         round_to: int | None = None, progress: ProgressFn = None, teacher: nn.Module | None = None,
+         fit_x=None) -> list[dict]:
     """Rows {unit, channels, ratio, agreement, agreement_lost, kl, macs_saved, ms_saved} for every unit
     of `model` alone pruned at every ratio, least KL per MAC saved first (the prune part of the
-    sensitivity analysis; kit.compress.sensitivity.block_sensitivity is this function)."""
+    sensitivity analysis; kit.compress.sensitivity.block_sensitivity is this function). With
+    `teacher` and `fit_x` (images other than `x`), each pruned copy is first reconstructed
+    (kit.compress.reconstruct) on them, so the scan ranks what pruning + reconstruction loses."""
     import torch.nn.functional as F
+
+    from kit.compress.reconstruct import reconstruct
 
     ref_top1 = teacher_logits.argmax(1)
     logp_t = F.log_softmax(teacher_logits, 1)
@@ -172,6 +178,8 @@ def scan(model: nn.Module, teacher_logits, x, example, ratios, table, *, ignore=
             done = prune_unit(m, example, name, r, min_channels, round_to)
             if done is None:
                 continue
+            if teacher is not None and fit_x is not None and len(fit_x):
+                reconstruct(m, teacher, fit_x)
             a, kl = measure(m)
             c = _cost(m, example, table)
             rows.append({"unit": name, "channels": list(done), "ratio": r, "agreement": round(a, 4),
@@ -244,6 +252,7 @@ def netadapt(model: nn.Module, teacher: nn.Module, data: Dataset, config, exampl
     distilled copy of `model`, info: rounds, target, costs, the first round's scan, repair)."""
 
     from kit.compress.latency_table import LatencyTable
+    from kit.compress.reconstruct import reconstruct
     from kit.compress.repair import RepairConfig, distill_repair, resolve_epochs, split_holdout, top1_agreement
 
     if data is None or len(data) < 8:
@@ -255,11 +264,14 @@ def netadapt(model: nn.Module, teacher: nn.Module, data: Dataset, config, exampl
     table = LatencyTable(threads=opt.threads)
     by = "ms" if config.target_latency_ratio is not None else "macs"
     target = config.target_latency_ratio if by == "ms" else config.target_macs_ratio
-    _, hold = split_holdout(len(data), 0.15, config.seed)
+    fit_idx, hold = split_holdout(len(data), 0.15, config.seed)
     hold_x = data.x[hold] if len(hold) else data.x
     hold_ref = _logits(teacher, hold_x).argmax(1)
     scan_x = data.x[: opt.scan_samples]
     scan_ref = _logits(teacher, scan_x)
+    # least-squares reconstruction never sees the hold-out; the scan's fits not its own images either
+    fit_x = data.x[fit_idx] if config.reconstruct else None
+    scan_fit_x = data.x[fit_idx[fit_idx >= opt.scan_samples][: opt.scan_fit_samples]] if config.reconstruct else None
     where = state_dir(model, teacher, data, config)
     state, current = _load(where, opt.max_rounds) if opt.resume else (None, None)
     if current is None:
@@ -287,7 +299,8 @@ def netadapt(model: nn.Module, teacher: nn.Module, data: Dataset, config, exampl
         t_round = time.time()
         # MACs targets need no timing in the scan (the table still times the result of every round)
         rows = scan(current, scan_ref, scan_x, example, opt.ratios, table if by == "ms" else None, ignore=config.ignore,
-                    min_channels=opt.min_channels, round_to=config.round_to, progress=progress)
+                    min_channels=opt.min_channels, round_to=config.round_to, progress=progress, teacher=teacher,
+                    fit_x=scan_fit_x)
         state["scan"] = state["scan"] or rows
         goal = min(opt.step * c0[by], cost[by] - target * c0[by])
         chosen = choose(rows, goal, by)
@@ -296,11 +309,13 @@ def netadapt(model: nn.Module, teacher: nn.Module, data: Dataset, config, exampl
             break
         candidate = copy.deepcopy(current)
         pruned = {u: prune_unit(candidate, example, u, r, opt.min_channels, config.round_to) for u, r in chosen.items()}
+        rebuilt = reconstruct(candidate, teacher, fit_x) if fit_x is not None else None
         if opt.round_epochs:
             distill_repair(candidate, teacher, data, rcfg(opt.round_epochs, config.seed + k), label=f"prune_netadapt round {k}")
         agree = top1_agreement(candidate, hold_ref, hold_x)
         new_cost = _cost(candidate, example, table)
         row = {"round": k, "pruned": {u: list(v) for u, v in pruned.items() if v}, "cost": new_cost,
+               "reconstructed": None if rebuilt is None else {"layers": len(rebuilt["layers"]), "seconds": rebuilt["seconds"]},
                "agreement_holdout": round(agree, 4), "seconds": round(time.time() - t_round, 1)}
         if agree < config.min_agreement:
             state["stopped"] = f"floor (round {k} agreement {agree:.3f} < {config.min_agreement}: undone)"

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Literal
 
 from kit.compress.base import Pass, StepContext, StepResult
 from kit.compress.netadapt import NetAdaptOptions, as_options, netadapt
-from kit.compress.repair import RepairConfig, check_repair, resolve_epochs, run_repair
+from kit.compress.reconstruct import reconstruct
+from kit.compress.repair import RepairConfig, check_repair, resolve_epochs, run_repair, split_holdout
 from kit.errors import EdgeKitError
 from kit.progress import ProgressFn, report
 
@@ -47,6 +48,8 @@ class PruneStructured(Pass):
     seed: int = 0
     ignore: list[str] = field(default_factory=list)  # module names whose output channels stay
     repair: str = "distill"  # distill (from the original, labels optional) | finetune (labels) | none
+    # least-squares refit of the layers fed by pruned channels, before the repair (kit.compress.reconstruct)
+    reconstruct: bool = True
     max_seconds: float | None = 600.0  # host-time cap of the repair
     temperature: float = 2.0
     augment: str = "auto"  # auto (natural images only) | on | off
@@ -135,9 +138,12 @@ def prune_structured(model: nn.Module, config: PruneStructured, example: torch.T
         raise EdgeKitError(f"prune_structured: torch-pruning cannot trace {type(model).__name__} "
                            f"({type(e).__name__}: {str(e).splitlines()[0][:160]}); list unsupported modules in ignore") from e
     per_step = max(1, epochs // config.iterative_steps) if epochs else 0
-    repairs = []
+    repairs, rebuilt = [], None
     for step in range(config.iterative_steps):
         pruner.step()
+        if config.reconstruct and data is not None and len(data) >= 2:
+            fit_idx, _ = split_holdout(len(data), RepairConfig.holdout, config.seed + step)  # the repair's hold-out stays unseen
+            rebuilt = reconstruct(model, teacher, data.x[fit_idx])
         if per_step and config.repair != "none":
             cfg = RepairConfig(epochs=per_step, batch_size=config.batch_size, lr=config.lr, seed=config.seed + step,
                                temperature=config.temperature, augment=config.augment, max_seconds=config.max_seconds)
@@ -155,4 +161,5 @@ def prune_structured(model: nn.Module, config: PruneStructured, example: torch.T
         "params": [int(params0), int(params1)],
         "macs": [int(macs0), int(macs1)],
         "repair": repairs[-1] if repairs else {"repair": "none"},
+        "reconstructed": rebuilt,
     }
