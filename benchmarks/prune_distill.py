@@ -5,7 +5,9 @@ test crops after pruning alone and after pruning + distillation (kit.compress.re
 from the original, penultimate-feature hint, CPU augmentation, early stopping on a held-out share
 of the train crops), MACs kept, host seconds of the repair; the same on crops of photos the
 training never saw (kit.photos' test photos) as the harder figure. `--netadapt R` adds the
-sensitivity-driven NetAdapt loop to R of the MACs.
+sensitivity-driven NetAdapt loop to R of the MACs. `--expansion` instead prunes each ratio of the
+inverted residuals' hidden (expansion) channels and compares pruning alone, + least-squares
+reconstruction (kit.compress.reconstruct), + reconstruction and distillation.
 
     nice -n 5 python benchmarks/prune_distill.py [--size 224] [--train 256] [--test 96] [--ratios 0.1 0.2]
 """
@@ -38,6 +40,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-seconds", type=float, default=900)
     ap.add_argument("--netadapt", type=float, default=None)
+    ap.add_argument("--expansion", action="store_true", help="expansion channels: prune / + reconstruct / + distill")
     args = ap.parse_args()
 
     import torch
@@ -61,8 +64,27 @@ def main() -> None:
         return {k: round(top1_agreement(m, refs[k], sets[k]), 4) for k in sets}
 
     rows = []
-    for ratio in args.ratios:
-        raw, _ = prune_structured(model, PruneStructured(ratio=ratio, repair="none"), example)
+    for ratio in args.ratios if args.expansion else []:
+        import copy
+
+        from kit.compress.netadapt import prune_unit, units
+        from kit.compress.reconstruct import reconstruct
+        from kit.compress.repair import RepairConfig, distill_repair, split_holdout
+
+        raw = copy.deepcopy(model)
+        for u in [u for u in units(raw, example) if u.endswith("conv.1.0")]:  # the expansions' depthwise roots
+            prune_unit(raw, example, u, ratio)
+        rebuilt, t0 = copy.deepcopy(raw), time.time()
+        fit, _ = split_holdout(len(splits.train), RepairConfig.holdout, 0)  # the distillation's hold-out stays unseen
+        rec = reconstruct(rebuilt, model, splits.train.x[fit])
+        both = copy.deepcopy(rebuilt)
+        _, rep = distill_repair(both, model, splits.train, RepairConfig(epochs=args.epochs, max_seconds=args.max_seconds))
+        rows.append({"method": "expansion", "ratio": ratio, "macs_ratio": round(count_macs(raw, tuple(example.shape)) / macs0, 4),
+                     "prune_only": agree(raw), "prune_reconstruct": agree(rebuilt), "prune_reconstruct_distill": agree(both),
+                     "reconstruct_seconds": rec["seconds"], "host_seconds": round(time.time() - t0, 1), "repair": rep})
+        print(rows[-1], file=sys.stderr, flush=True)
+    for ratio in [] if args.expansion else args.ratios:
+        raw, _ = prune_structured(model, PruneStructured(ratio=ratio, repair="none", reconstruct=False), example)
         t0 = time.time()
         fixed, info = prune_structured(model, PruneStructured(ratio=ratio, epochs=args.epochs, lr=3e-3,
                                                               max_seconds=args.max_seconds), example, splits.train)

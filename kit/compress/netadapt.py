@@ -7,10 +7,13 @@ the residual channels of each stage, the stem and the last conv). Each round:
    first) on a copy; measured on `scan_samples` train images against the ORIGINAL model: top-1
    agreement lost and the KL to its outputs (the ranking measure: on a few dozen images it
    separates units where agreement ties), plus the MACs and block milliseconds saved
-   (kit.compress.latency_table, measured once per host and cached);
+   (kit.compress.latency_table, measured once per host and cached); with `reconstruct` (default)
+   each pruned copy is first refitted by least squares (kit.compress.reconstruct) on
+   `scan_fit_samples` other train images, so the ranking is of what survives reconstruction;
 2. shrink where it buys most cost (ms with target_latency_ratio, else MACs) for least KL, unit by
    unit, until the round has cut `step` of the original cost;
-3. distil from the original for `round_epochs` (kit.compress.repair) and check the top-1 agreement
+3. reconstruct the layers fed by pruned channels on the train images outside the hold-out, distil
+   from the original for `round_epochs` (kit.compress.repair) and check the top-1 agreement
    on a held-out share of the TRAIN split: below `min_agreement` the round is undone and the loop
    stops ("floor");
 4. checkpoint the round ($EDGEKIT_CACHE/netadapt/<key>/): a re-run with the same model, data and

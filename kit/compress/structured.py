@@ -3,6 +3,10 @@ physically removed, and coupled layers (residual adds, depthwise convs, BatchNor
 input) are pruned together so MobileNet/ResNet graphs stay consistent. Importance is the L1 or L2
 norm of each channel group (Li et al., "Pruning Filters for Efficient ConvNets").
 
+Reconstruction (kit.compress.reconstruct, `reconstruct: true` by default when images are given):
+right after the cut, every 1x1 conv / Linear fed by pruned channels is refitted by least squares to
+the original's output of that layer (the repair's hold-out images excluded).
+
 Repair (kit.compress.repair): by default the pruned model is distilled from the ORIGINAL model
 (ctx.teacher when given) on the training images, labels optional, for `epochs` epochs (default 3
 when images are given), capped at `max_seconds`; `repair: finetune` is the older labelled
