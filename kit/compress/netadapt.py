@@ -274,6 +274,8 @@ def netadapt(model: nn.Module, teacher: nn.Module, data: Dataset, config, exampl
     scan_ref = _logits(teacher, scan_x)
     # least-squares reconstruction never sees the hold-out; the scan's fits not its own images either
     fit_x = data.x[fit_idx] if config.reconstruct else None
+    # the refit's targets come from the model as given (same layer names; a --teacher may differ)
+    reference = copy.deepcopy(model).eval() if config.reconstruct else None
     scan_fit_x = data.x[fit_idx[fit_idx >= opt.scan_samples][: opt.scan_fit_samples]] if config.reconstruct else None
     where = state_dir(model, teacher, data, config)
     state, current = _load(where, opt.max_rounds) if opt.resume else (None, None)
@@ -302,7 +304,7 @@ def netadapt(model: nn.Module, teacher: nn.Module, data: Dataset, config, exampl
         t_round = time.time()
         # MACs targets need no timing in the scan (the table still times the result of every round)
         rows = scan(current, scan_ref, scan_x, example, opt.ratios, table if by == "ms" else None, ignore=config.ignore,
-                    min_channels=opt.min_channels, round_to=config.round_to, progress=progress, teacher=teacher,
+                    min_channels=opt.min_channels, round_to=config.round_to, progress=progress, teacher=reference,
                     fit_x=scan_fit_x)
         state["scan"] = state["scan"] or rows
         goal = min(opt.step * c0[by], cost[by] - target * c0[by])
@@ -312,7 +314,7 @@ def netadapt(model: nn.Module, teacher: nn.Module, data: Dataset, config, exampl
             break
         candidate = copy.deepcopy(current)
         pruned = {u: prune_unit(candidate, example, u, r, opt.min_channels, config.round_to) for u, r in chosen.items()}
-        rebuilt = reconstruct(candidate, teacher, fit_x) if fit_x is not None else None
+        rebuilt = reconstruct(candidate, reference, fit_x) if fit_x is not None else None
         if opt.round_epochs:
             distill_repair(candidate, teacher, data, rcfg(opt.round_epochs, config.seed + k), label=f"prune_netadapt round {k}")
         agree = top1_agreement(candidate, hold_ref, hold_x)

@@ -50,9 +50,9 @@ def _call_order(model: nn.Module, probe) -> tuple[list[str], dict[str, str]]:
                 if calls[name] == 1:
                     order.append(name)
                 if isinstance(m, nn.BatchNorm2d) and args and id(args[0]) in outputs:
-                    bn_after[outputs[id(args[0])]] = name
+                    bn_after[outputs[id(args[0])][0]] = name
                 if isinstance(out, torch.Tensor):
-                    outputs[id(out)] = name
+                    outputs[id(out)] = (name, out)  # the tensor is kept so its id is not reused in this forward
             handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
@@ -166,7 +166,7 @@ def reconstruct(student: nn.Module, teacher: nn.Module, x: np.ndarray, *, ridge:
             skipped[name] = f"{rows} rows for {s.weight.shape[1]} inputs"
             continue
         bn = student.get_submodule(bn_after[name]) if name in bn_after else None
-        bn = bn if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats else None
+        bn = bn if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats and bn.num_features == s.weight.shape[0] else None
         done[name] = round(refit_layer(student, teacher, name, x, ridge=ridge, batch=batch, bn=bn), 4)
     return {"method": "least_squares", "layers": done, "skipped": skipped, "images": int(len(x)), "ridge": ridge,
             "seconds": round(time.time() - t0, 1)}

@@ -121,6 +121,7 @@ def prune_structured(model: nn.Module, config: PruneStructured, example: torch.T
     if config.adaptive:
         raise EdgeKitError("prune_structured with a target runs NetAdapt: call kit.compress.netadapt.netadapt")
     teacher = teacher if teacher is not None else model
+    reference = copy.deepcopy(model).eval()  # the refit's targets: the same layers before the cut
     model = copy.deepcopy(model).eval()
     known = dict(model.named_modules())
     for name in config.ignore:
@@ -147,7 +148,7 @@ def prune_structured(model: nn.Module, config: PruneStructured, example: torch.T
         pruner.step()
         if config.reconstruct and data is not None and len(data) >= 2:
             fit_idx, _ = split_holdout(len(data), RepairConfig.holdout, config.seed + step)  # the repair's hold-out stays unseen
-            rebuilt = reconstruct(model, teacher, data.x[fit_idx])
+            rebuilt = reconstruct(model, reference, data.x[fit_idx])
         if per_step and config.repair != "none":
             cfg = RepairConfig(epochs=per_step, batch_size=config.batch_size, lr=config.lr, seed=config.seed + step,
                                temperature=config.temperature, augment=config.augment, max_seconds=config.max_seconds)
