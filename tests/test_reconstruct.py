@@ -80,3 +80,75 @@ def test_a_linear_layer_with_too_few_rows_is_named_and_left_alone():
     assert torch.equal(pruned[8].weight, w)
     info = reconstruct(pruned, teacher, images(64))
     assert "8" in info["layers"], info
+
+
+def expansion_cnn() -> nn.Module:
+    # stem, a 1x1 expansion, a depthwise conv, a 1x1 projection: MobileNetV2's inverted residual
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 16, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+def test_layers_whose_outputs_were_cut_are_refitted_to_the_channels_they_kept():
+    """An expansion (1x1) and a depthwise conv whose output channels were cut, fed by a stem that
+    an earlier cut perturbed: each is refitted to the original's output of the channels it kept,
+    which lowers its error on images the fit never saw; the projection after them too."""
+    from kit.compress.reconstruct import kept_channels
+
+    teacher = expansion_cnn()
+    pruned = copy.deepcopy(teacher)
+    with torch.no_grad():  # an upstream error the later layers can compensate for
+        pruned[0].weight.add_(0.3 * pruned[0].weight.std() * torch.randn_like(pruned[0].weight))
+    example = torch.zeros(1, 3, 16, 16)
+    assert prune_unit(pruned, example, "3", 0.5) == (32, 16)  # the expansion's outputs and the depthwise channels
+    kept = kept_channels(pruned[3].weight, teacher[3].weight)
+    assert kept is not None and len(kept) == 16 and kept == sorted(kept)
+    assert kept_channels(pruned[6].weight, teacher[6].weight) == kept
+
+    def channel_error(name, x):
+        out = {}
+        hs = [m.get_submodule(name).register_forward_hook(lambda mod, a, o, k=k: out.__setitem__(k, o))
+              for k, m in (("s", pruned), ("t", teacher))]
+        with torch.no_grad():
+            pruned(torch.from_numpy(x)), teacher(torch.from_numpy(x))
+        for h in hs:
+            h.remove()
+        t = out["t"][:, kept] if out["t"].shape[1] != out["s"].shape[1] else out["t"]
+        return float(((out["s"] - t) ** 2).mean() / t.var())
+
+    held = images(16, seed=1)
+    before = {n: channel_error(n, held) for n in ("3", "6", "9")}
+    info = reconstruct(pruned, teacher, images(64))
+    assert {"3", "6", "9"} <= set(info["layers"]), info
+    after = {n: channel_error(n, held) for n in ("3", "6", "9")}
+    for n in ("3", "6", "9"):
+        assert after[n] < 0.8 * before[n], (n, before, after)
+
+
+def test_a_layer_whose_inputs_did_not_change_keeps_its_weights():
+    teacher = expansion_cnn()
+    pruned = copy.deepcopy(teacher)
+    example = torch.zeros(1, 3, 16, 16)
+    prune_unit(pruned, example, "3", 0.5)  # nothing upstream changed: the expansion's rows are already exact
+    w = pruned[3].weight.clone()
+    info = reconstruct(pruned, teacher, images(64))
+    assert "3" in info["kept"] and "3" not in info["layers"], info
+    assert torch.equal(pruned[3].weight, w)
+    assert "9" in info["layers"], info
+
+
+def test_kept_channels_are_found_when_inputs_were_cut_too():
+    from kit.compress.reconstruct import kept_channels
+
+    torch.manual_seed(1)
+    t = torch.randn(24, 16, 3, 3)
+    out, inp = [1, 4, 5, 9, 17, 23], [0, 2, 3, 8, 15]
+    s = t[out][:, inp].clone()
+    assert kept_channels(s, t) == out
+    s[2] += 0.01  # a refitted row matches nothing
+    assert kept_channels(s, t) is None
+    lin = torch.randn(10, 32)
+    assert kept_channels(lin[[0, 3, 7]][:, 5:], lin) == [0, 3, 7]

@@ -35,17 +35,17 @@ def check_rounding(method: str, rounding: str) -> None:
         raise EdgeKitError(f"{method} rounding={rounding!r}: choose gptq (input-aware) or nearest")
 
 
-def _scale(w: "torch.Tensor") -> "torch.Tensor":
-    return w.reshape(w.shape[0], -1).abs().amax(1).clamp(min=1e-12) / QMAX
+def _scale(w: "torch.Tensor", qmax: int = QMAX) -> "torch.Tensor":
+    return w.reshape(w.shape[0], -1).abs().amax(1).clamp(min=1e-12) / qmax
 
 
-def round_to_grid(weight: "torch.Tensor", per_channel: bool = True) -> "torch.Tensor":
-    """`weight` on the symmetric int8 grid (per output channel, or per tensor), nearest rounding."""
+def round_to_grid(weight: "torch.Tensor", per_channel: bool = True, qmax: int = QMAX) -> "torch.Tensor":
+    """`weight` on the symmetric grid [-qmax, qmax] (per output channel, or per tensor), nearest rounding."""
     import torch
 
     w = weight.detach()
-    scale = (_scale(w) if per_channel else w.abs().amax().clamp(min=1e-12).reshape(1) / QMAX).view(-1, *[1] * (w.dim() - 1))
-    return torch.clamp(torch.round(w / scale), -QMAX, QMAX) * scale
+    scale = (_scale(w, qmax) if per_channel else w.abs().amax().clamp(min=1e-12).reshape(1) / qmax).view(-1, *[1] * (w.dim() - 1))
+    return torch.clamp(torch.round(w / scale), -qmax, qmax) * scale
 
 
 def _columns(m: "nn.Module", x: "torch.Tensor") -> "torch.Tensor | None":
@@ -100,7 +100,7 @@ def _inverse_factor(h: "torch.Tensor") -> "torch.Tensor":
     return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
 
 
-def gptq_round(weight: "torch.Tensor", h: "torch.Tensor") -> "torch.Tensor":
+def gptq_round(weight: "torch.Tensor", h: "torch.Tensor", qmax: int = QMAX) -> "torch.Tensor":
     """`weight` (out, ...) rounded onto its per-channel int8 grid with GPTQ's error feedback.
     `h`: (D, D) shared by all output channels, or (out, D, D) one per channel (depthwise)."""
     import torch
@@ -108,7 +108,7 @@ def gptq_round(weight: "torch.Tensor", h: "torch.Tensor") -> "torch.Tensor":
     shape = weight.shape
     w = weight.detach().double().reshape(shape[0], -1).clone()
     # the scale exactly as round_to_grid computes it (float32): the quantizers find the same grid
-    scale32 = _scale(weight.detach())
+    scale32 = _scale(weight.detach(), qmax)
     scale = scale32.double()
     top = w.abs().argmax(1)  # the largest weight of each channel stays at +-127: the grid stays the same
     sign = torch.sign(w[torch.arange(w.shape[0]), top])
@@ -117,9 +117,9 @@ def gptq_round(weight: "torch.Tensor", h: "torch.Tensor") -> "torch.Tensor":
     rows = torch.arange(w.shape[0])
     for j in range(w.shape[1]):
         col = w[:, j]
-        qj = torch.clamp(torch.round(col / scale), -QMAX, QMAX)
+        qj = torch.clamp(torch.round(col / scale), -qmax, qmax)
         fixed = top == j
-        qj[fixed] = sign[fixed] * QMAX
+        qj[fixed] = sign[fixed] * qmax
         q[:, j] = qj
         d = u[j, j] if u.dim() == 2 else u[rows, j, j]
         err = (col - qj * scale) / d
@@ -129,7 +129,7 @@ def gptq_round(weight: "torch.Tensor", h: "torch.Tensor") -> "torch.Tensor":
     return (q.to(weight.dtype) * scale32[:, None]).reshape(shape)
 
 
-def round_layers(model: "nn.Module", layers, x: "torch.Tensor") -> dict:
+def round_layers(model: "nn.Module", layers, x: "torch.Tensor", qmax: int = QMAX) -> dict:
     """Replace each layer's weight by its GPTQ rounding (in place) from the float model's inputs
     on `x`; layers the method does not handle get nearest rounding. Returns what was done."""
     hs = hessians(model, layers, x)
@@ -137,10 +137,10 @@ def round_layers(model: "nn.Module", layers, x: "torch.Tensor") -> dict:
     for name, m in layers:
         h = hs.get(name)
         if h is None or (h.dim() == 3 and h.shape[0] != m.weight.shape[0]):
-            m.weight.data = round_to_grid(m.weight.data, True)
+            m.weight.data = round_to_grid(m.weight.data, True, qmax)
             nearest.append(name)
             continue
-        m.weight.data = gptq_round(m.weight.data, h)
+        m.weight.data = gptq_round(m.weight.data, h, qmax)
         done += 1
     return {"rounding": "gptq", "gptq_layers": done, "nearest_layers": nearest[:10], "rounding_samples": int(len(x))}
 

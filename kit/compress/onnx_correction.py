@@ -32,11 +32,11 @@ from kit.progress import ProgressFn, report
 QMAX = 127
 
 
-def _grid(w: np.ndarray, axis: int) -> np.ndarray:
+def _grid(w: np.ndarray, axis: int, qmax: int = QMAX) -> np.ndarray:
     moved = np.moveaxis(w, axis, 0)
     absmax = np.abs(moved.reshape(moved.shape[0], -1)).max(1)
-    scale = (np.maximum(absmax, 1e-12) / QMAX).reshape(-1, *[1] * (moved.ndim - 1))
-    return np.moveaxis(np.clip(np.round(moved / scale), -QMAX, QMAX) * scale, 0, axis).astype(w.dtype)
+    scale = (np.maximum(absmax, 1e-12) / qmax).reshape(-1, *[1] * (moved.ndim - 1))
+    return np.moveaxis(np.clip(np.round(moved / scale), -qmax, qmax) * scale, 0, axis).astype(w.dtype)
 
 
 def _layers(graph, inits: dict):
@@ -80,8 +80,9 @@ def _channel_mean(out: np.ndarray, axis: int) -> np.ndarray:
 
 
 def correct_onnx(model_path: str | Path, calib: Dataset, out_path: str | Path, *, max_samples: int = 64,
-                 bias: bool = True, progress: ProgressFn = None) -> dict:
-    """Write `model_path` with weights on the int8 grid and corrected biases to `out_path`; the info."""
+                 bias: bool = True, progress: ProgressFn = None, qmax: int = QMAX) -> dict:
+    """Write `model_path` with weights on the int8 grid ([-qmax, qmax]) and corrected biases to
+    `out_path`; the info."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -95,7 +96,7 @@ def correct_onnx(model_path: str | Path, calib: Dataset, out_path: str | Path, *
     shared = Counter(r[3] for r in rows if r[3])  # a bias two layers share is not corrected
     new = {}
     for node, wname, axis, *_ in rows:
-        new[wname] = _grid(inits[wname], axis)
+        new[wname] = _grid(inits[wname], axis, qmax)
     info = {"weights_on_grid": len(new)}
     bias_rows = []
     for node, wname, axis, bname, out, out_axis, channels in rows:

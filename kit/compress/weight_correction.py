@@ -60,12 +60,14 @@ def _float_means(model, x, layers, batch_size: int) -> dict:
 
 
 def correct_weights(model: "nn.Module", calib: Dataset | None, *, per_channel: bool = True, max_samples: int = 64,
-                    bias: bool = True, batch_size: int = 16, rounding: str = "nearest") -> tuple["nn.Module", dict]:
+                    bias: bool = True, batch_size: int = 16, rounding: str = "nearest",
+                    qmax: int = 127) -> tuple["nn.Module", dict]:
     """A copy of `model` whose Conv/Linear weights sit on the int8 grid and whose biases absorb the
     mean shift that rounding causes. Returns (model, info). The correction runs all `max_samples`
     inputs through the network in one batch, so that each layer is corrected before the next one
     sees its output (a few hundred MB at 224 px for 64 samples). `rounding`: nearest, or gptq
-    (kit.compress.gptq_rounding: input-aware, from the float model's inputs on the same samples)."""
+    (kit.compress.gptq_rounding: input-aware, from the float model's inputs on the same samples).
+    `qmax` 64: ORT's reduce_range grid (7-bit weights, for x86-64 CPUs without VNNI)."""
     import torch
     from torch import nn
 
@@ -79,15 +81,15 @@ def correct_weights(model: "nn.Module", calib: Dataset | None, *, per_channel: b
     if (bias or rounding == "gptq") and (calib is None or len(calib) == 0):
         raise EdgeKitError("bias_correction needs calibration samples (--data)")
     x = None if calib is None else torch.from_numpy(np.ascontiguousarray(calib.x[:max_samples], dtype=np.float32))
-    info: dict = {"weights_on_grid": len(layers)}
+    info: dict = {"weights_on_grid": len(layers), **({"weight_range": [-qmax, qmax]} if qmax != 127 else {})}
     if rounding == "gptq":
         from kit.compress.gptq_rounding import round_layers
 
-        info.update(round_layers(work, layers, x))
+        info.update(round_layers(work, layers, x, qmax))
     else:
         info["rounding"] = "nearest"
         for _, m in layers:
-            m.weight.data = round_to_grid(m.weight.data, per_channel)
+            m.weight.data = round_to_grid(m.weight.data, per_channel, qmax)
     if not bias:
         return work, info
     ref = _float_means(model, x, correctable_layers(model), batch_size)

@@ -88,7 +88,7 @@ def _quantize(cfg, fp32: Path, splits: Splits, eval_data: Dataset, work: Path, p
             pre = preprocess(fp32, work / "model-fp32-pre.onnx")
             source = work / "model-fp32-corrected.onnx"
             info["weight_correction"] = correct_onnx(pre, splits.calib, source, max_samples=cfg.correction_samples,
-                                                     progress=progress)
+                                                     progress=progress, qmax=cfg.weight_qmax())
     applied, more = cfg._quantize_file(source, ctx)  # ort_quant's own path: preprocess, auto calibration
     info.update(more)
     info.update(artifact_share(work / "model-int8.onnx"))
