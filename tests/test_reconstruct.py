@@ -121,7 +121,7 @@ def test_layers_whose_outputs_were_cut_are_refitted_to_the_channels_they_kept():
 
     held = images(16, seed=1)
     before = {n: channel_error(n, held) for n in ("3", "6", "9")}
-    info = reconstruct(pruned, teacher, images(64))
+    info = reconstruct(pruned, teacher, images(64), outputs=True)
     assert {"3", "6", "9"} <= set(info["layers"]), info
     after = {n: channel_error(n, held) for n in ("3", "6", "9")}
     for n in ("3", "6", "9"):
@@ -134,7 +134,8 @@ def test_a_layer_whose_inputs_did_not_change_keeps_its_weights():
     example = torch.zeros(1, 3, 16, 16)
     prune_unit(pruned, example, "3", 0.5)  # nothing upstream changed: the expansion's rows are already exact
     w = pruned[3].weight.clone()
-    info = reconstruct(pruned, teacher, images(64))
+    assert "3" not in reconstruct(copy.deepcopy(pruned), teacher, images(64))["kept"]  # by default not tried
+    info = reconstruct(pruned, teacher, images(64), outputs=True)
     assert "3" in info["kept"] and "3" not in info["layers"], info
     assert torch.equal(pruned[3].weight, w)
     assert "9" in info["layers"], info
