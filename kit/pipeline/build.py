@@ -127,6 +127,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def _cache_key(recipe: Recipe, model, splits: Splits, teacher, **options) -> str:
     from kit.cache import build_key, hash_arrays, hash_module
+    from kit.compress.ort_quant import host_has_vnni
     from kit.io import as_tuple
     from kit.package.signing import key_id
 
@@ -134,7 +135,7 @@ def _cache_key(recipe: Recipe, model, splits: Splits, teacher, **options) -> str
                      recipe=recipe.model_dump(mode="json", exclude={"source", "description"}),
                      data=hash_arrays(*as_tuple(splits.train.x), splits.train.y, *as_tuple(splits.calib.x),
                                       *as_tuple(splits.test.x), splits.test.y),
-                     signing_key=key_id(), **options)
+                     signing_key=key_id(), host_vnni=host_has_vnni(), **options)
 
 
 def _compress_and_package(recipe: Recipe, model, splits: Splits, out_dir: Path, *, teacher, override_budget: bool,

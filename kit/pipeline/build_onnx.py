@@ -97,11 +97,13 @@ def _quantize(cfg, fp32: Path, splits: Splits, eval_data: Dataset, work: Path, p
 
 def _cache_key(recipe: Recipe, model: OnnxModel, splits: Splits, **options) -> str:
     from kit.cache import build_key, hash_arrays
+    from kit.compress.ort_quant import host_has_vnni
     from kit.package.signing import key_id
 
     return build_key(kind="compress-onnx", model=model.sha256, shapes=model.inputs,
                      recipe=recipe.model_dump(mode="json", exclude={"source", "description"}),
-                     data=hash_arrays(splits.calib.x, splits.test.x, splits.test.y), signing_key=key_id(), **options)
+                     data=hash_arrays(splits.calib.x, splits.test.x, splits.test.y), signing_key=key_id(),
+                     host_vnni=host_has_vnni(), **options)  # reduce_range auto follows the host's CPU
 
 
 def _compress_and_package(recipe: Recipe, model: OnnxModel, splits: Splits, out_dir: Path, *, override_budget: bool,
